@@ -1,0 +1,81 @@
+"""A small self-contained world for the embedded demo and the tests: no files needed.
+
+Videos are 15–45 s long and hold 2–4 actions, each a verb applied to an object ("open the door"),
+placed at random times (they may overlap). Each video gets one to three templated sentences about some
+of its actions, with the ground-truth moment of that action. Features are rendered by the same
+simulator as the real datasets, from concepts ``verb:V`` and ``object:O`` (so "open the door" and
+"open the box" share the *open* pattern), and the scene. Everything is fixed by the seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cu_scale.records import Event, Sample, Video
+
+# verb: (third person, -ing, past)
+VERBS = {
+    "open": ("opens", "opening", "opened"),
+    "close": ("closes", "closing", "closed"),
+    "hold": ("holds", "holding", "held"),
+    "throw": ("throws", "throwing", "threw"),
+    "wash": ("washes", "washing", "washed"),
+    "fold": ("folds", "folding", "folded"),
+    "pick up": ("picks up", "picking up", "picked up"),
+    "put down": ("puts down", "putting down", "put down"),
+}
+OBJECTS = ("door", "book", "cup", "towel", "phone", "box", "shoe", "blanket", "laptop", "bag")
+SCENES = ("kitchen", "bedroom", "garage", "office")
+TEMPLATES = (
+    "a person {third} the {obj}.",
+    "someone is {ing} a {obj}.",
+    "the person {past} the {obj}.",
+    "person {third} a {obj} in the {scene}.",
+)
+
+
+def generate_demo_corpus(num_videos: int = 240, seed: int = 0, test_fraction: float = 0.25) -> tuple[dict[str, Video], list[Sample]]:
+    """Videos and samples of the demo world; the last `test_fraction` of videos form the test split.
+
+    Samples carry ground truth only; partial labels are sampled afterwards like for any dataset.
+    """
+    if num_videos < 2:
+        raise ValueError(f"the demo needs at least 2 videos, got {num_videos}")
+    rng = np.random.default_rng(seed)
+    verbs = list(VERBS)
+    num_test = max(1, round(num_videos * test_fraction))
+    videos, samples = {}, []
+    for v in range(num_videos):
+        video_id = f"demo{v:05d}"
+        split = "test" if v >= num_videos - num_test else "train"
+        duration = float(np.round(rng.uniform(15, 45), 2))
+        scene = str(rng.choice(SCENES))
+        actions = []
+        for _ in range(int(rng.integers(2, 5))):
+            verb, obj = verbs[rng.integers(len(verbs))], OBJECTS[rng.integers(len(OBJECTS))]
+            length = float(rng.uniform(3, 12))
+            start = float(rng.uniform(0, max(duration - length, 0.0)))
+            actions.append((verb, obj, round(start, 2), round(min(start + length, duration), 2)))
+        videos[video_id] = Video(
+            video_id,
+            duration,
+            source=f"demo:{video_id}",
+            events=tuple(Event((f"verb:{verb}", f"object:{obj}"), s, e) for verb, obj, s, e in actions),
+            scene=scene,
+        )
+        described = rng.permutation(len(actions))[: int(rng.integers(1, 4))]
+        for k, a in enumerate(sorted(described)):
+            verb, obj, start, end = actions[a]
+            third, ing, past = VERBS[verb]
+            template = TEMPLATES[rng.integers(len(TEMPLATES))]
+            samples.append(
+                Sample(
+                    sample_id=f"{split}-{video_id}-{k}",
+                    video_id=video_id,
+                    query=template.format(third=third, ing=ing, past=past, obj=obj, scene=scene),
+                    split=split,
+                    source=f"demo:{video_id}[{k}]",
+                    gt=(start, end),
+                )
+            )
+    return videos, samples
