@@ -75,16 +75,25 @@ class PartialLabelSpec:
         return f"sampled single frames ({self.method}, seed {self.seed})"
 
 
-def assign_partial_labels(samples: list[Sample], spec: PartialLabelSpec) -> list[Sample]:
+def assign_partial_labels(samples: list[Sample], spec: PartialLabelSpec, durations: dict[str, float] | None = None) -> list[Sample]:
     """Replace each sample's partial label by one sampled from its ground truth.
 
-    Samples without ground truth keep no label (kind "none"). A moment with start > end is passed
-    through with its label set to the moment itself, so that the store rejects it for the right
-    reason instead of the sampler raising.
+    With `durations` (video id → seconds) the label is drawn inside the part of the moment that lies in
+    the video, as an annotator watching it would: real moments overshoot the recorded duration (Charades-STA
+    has 2,367), and a clip drawn past the end would be clipped shorter than r. Samples without ground truth
+    keep no label (kind "none"). A moment with start > end gets the moment itself as label, so that the
+    store rejects it for the right reason instead of the sampler raising.
     """
+    durations = durations or {}
+
+    def visible(sample: Sample) -> tuple[float, float]:
+        start, end = sample.gt
+        duration = durations.get(sample.video_id, end)
+        return (max(start, 0.0), min(end, duration)) if max(start, 0.0) <= min(end, duration) else (start, end)
+
     with_gt = [i for i, s in enumerate(samples) if s.gt is not None and s.gt[0] <= s.gt[1]]
-    starts = np.array([samples[i].gt[0] for i in with_gt], float)
-    ends = np.array([samples[i].gt[1] for i in with_gt], float)
+    bounds = np.array([visible(samples[i]) for i in with_gt], float).reshape(-1, 2)
+    starts, ends = bounds[:, 0], bounds[:, 1]
     rng = np.random.default_rng(spec.seed)
     if spec.method == "uniform":
         label_starts = label_ends = sample_single_frame_uniform(starts, ends, rng)

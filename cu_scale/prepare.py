@@ -136,10 +136,13 @@ def _require(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _label_samples(samples: list[Sample], from_glance: bool, spec: PartialLabelSpec, glance_source: str) -> tuple[list[Sample], str]:
+def _label_samples(
+    samples: list[Sample], from_glance: bool, spec: PartialLabelSpec, glance_source: str, videos: dict[str, Video]
+) -> tuple[list[Sample], str]:
     if from_glance:
         return samples, f"glance labels from {glance_source}"
-    return assign_partial_labels(samples, spec), spec.describe()
+    durations = {video_id: video.duration for video_id, video in videos.items()}
+    return assign_partial_labels(samples, spec, durations), spec.describe()
 
 
 def prepare_charades_sta(
@@ -158,7 +161,7 @@ def prepare_charades_sta(
     samples, labels = [], {}
     for split in ("train", "test"):
         path = _require(root / "glance" / f"charades_sta_{split}.txt" if glance else root / f"charades_sta_{split}.txt")
-        split_samples, labels[split] = _label_samples(read_charades_sta(path, split, glance=glance), glance, spec, str(path))
+        split_samples, labels[split] = _label_samples(read_charades_sta(path, split, glance=glance), glance, spec, str(path), videos)
         samples += split_samples
     source = _feature_source(simulator, features_path, options.max_steps, "actions", samples)
     return build_store(options, "charades-sta", videos, samples, source, labels)
@@ -191,7 +194,7 @@ def prepare_activitynet(
         split_samples, split_videos = read_activitynet(path, split, glance=use_glance)
         for video_id, video in split_videos.items():
             videos.setdefault(video_id, video)
-        split_samples, labels[split] = _label_samples(split_samples, use_glance, spec, str(path))
+        split_samples, labels[split] = _label_samples(split_samples, use_glance, spec, str(path), split_videos)
         samples += split_samples
     source = _feature_source(simulator, features_path, options.max_steps, "moments", samples)
     return build_store(options, "activitynet-captions", videos, samples, source, labels)
@@ -201,7 +204,7 @@ def prepare_demo(options: StoreOptions, num_videos: int = 240, seed: int = 0, si
     """The demo world (`cu_scale.demo`) with uniformly sampled single-frame labels, simulated features."""
     videos, samples = generate_demo_corpus(num_videos, seed)
     spec = PartialLabelSpec("uniform", seed=seed)
-    samples = assign_partial_labels(samples, spec)
+    samples = assign_partial_labels(samples, spec, {v.video_id: v.duration for v in videos.values()})
     simulator = simulator or SimulatorSettings(feature_dim=256, max_steps=options.max_steps, steps_per_second=1.0, seed=seed)
     labels = {split: spec.describe() for split in ("train", "test")}
     return build_store(options, "demo", videos, samples, SimulatedFeatures(simulator, "actions"), labels)

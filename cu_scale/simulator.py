@@ -96,6 +96,10 @@ class SimulatorSettings:
             raise ValueError("simulator needs noise ≥ 0, 0 ≤ noise_correlation < 1 and steps_per_second > 0")
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + e^−x), without overflow for large |x|
+
+
 def _key_rng(*parts: int | str) -> np.random.Generator:
     return np.random.default_rng([p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts])
 
@@ -133,9 +137,9 @@ class FeatureSimulator:
         for event in video.events:
             vector = sum(self.concept(k) for k in event.concepts)
             vector = vector / max(float(np.linalg.norm(vector)), 1e-6)
-            rise = 1 / (1 + np.exp(-(times - event.start) / s.edge_seconds))
-            fall = 1 / (1 + np.exp(-(event.end - times) / s.edge_seconds))
-            latent += (rise * fall)[:, None] * vector
+            rise = _sigmoid((times - event.start) / s.edge_seconds)
+            fall = _sigmoid((event.end - times) / s.edge_seconds)
+            latent += (rise * fall)[:, None].astype(np.float32) * vector
         if video.scene:
             latent += self.concept("scene:" + video.scene)
         latent += rng.standard_normal(s.latent_dim).astype(np.float32) * (s.style_scale / math.sqrt(s.latent_dim))

@@ -512,10 +512,11 @@ class FeatureStore:
     def samples_dataset(self, split: str | None = None, columns: list[str] | None = None):
         """The samples table as a Ray Dataset (no features), optionally one split."""
         import ray.data
+        from ray.data.expressions import col
 
         dataset = ray.data.read_parquet(self.files("samples"), schema=SAMPLE_SCHEMA)
         if split is not None:
-            dataset = dataset.filter(expr=f"split == '{split}'")
+            dataset = dataset.filter(expr=col("split") == split)
         return dataset.select_columns(columns) if columns else dataset
 
     def videos_dataset(self):

@@ -1,0 +1,24 @@
+"""Shared fixtures. Real annotation files are read from ../shared/datasets, never copied."""
+
+import pathlib
+
+import pytest
+
+DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets() -> pathlib.Path:
+    if not DATASETS.is_dir():
+        raise RuntimeError(f"the real annotations are expected at {DATASETS} (a sibling checkout of shared/)")
+    return DATASETS
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One real local Ray for the tests that need it, torn down at the end of the session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
