@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pathlib
 import resource
 import sys
 import time
 
 from cu_scale.annotations import AnnotationError
+from cu_scale.batching import BatchingError
+from cu_scale.clustering import ClusteringError
+from cu_scale.config import ConfigError
 from cu_scale.partial_labels import METHODS, PartialLabelSpec
 from cu_scale.simulator import SimulatorSettings
 from cu_scale.store import REJECT_REASONS, FeatureStore, LabelPolicy, StoreError, StoreRejectError
@@ -175,6 +179,68 @@ def _run_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# encode, cluster
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"cu-scale: --set expects KEY=VALUE (for example cluster.k=64), got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def _start_ray():
+    """The embedded default: a local Ray in this process, or the cluster named by RAY_ADDRESS (a Ray job)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our own bars count queries and shards
+    return ray
+
+
+def _run_encode(args) -> int:
+    from cu_scale.config import load_config
+    from cu_scale.encode import encode_store
+
+    config = load_config(args.config, _parse_overrides(args.set))
+    _start_ray()
+    started = time.perf_counter()
+    summary = encode_store(config.store, config.encode, progress=not args.quiet)
+    seconds = time.perf_counter() - started
+    rate = f", {summary['encoded_samples'] / seconds:,.0f} queries/s" if summary["encoded_samples"] else ""
+    print(
+        f"encoded {summary['encoded_samples']:,} queries in {seconds:.1f} s{rate} ({summary['skipped']} of {summary['shards']} shards"
+        f" were done already); model {summary['model']}, dim {summary['dim']}"
+    )
+    return 0
+
+
+def _run_cluster(args) -> int:
+    from cu_scale.clustering import cluster_store, clusters_dir
+    from cu_scale.config import load_config
+
+    config = load_config(args.config, _parse_overrides(args.set))
+    summary = cluster_store(config.store, config.cluster)
+    near, member = summary["nearest_cluster_size"], summary["membership_size"]
+    print(f"clustered {summary['samples']:,} queries into K={summary['k']} on {summary['device']} in {summary['seconds']} s (trained on {summary['trained_on']:,})")
+    print(f"  nearest-cluster sizes  min {near['min']}  p10 {near['p10']}  median {near['median']}  p90 {near['p90']}  max {near['max']}   empty clusters {summary['empty_clusters']}")
+    print(f"  with m={summary['memberships']} memberships   min {member['min']}  p10 {member['p10']}  median {member['median']}  p90 {member['p90']}  max {member['max']}")
+    zero = summary["zero_embeddings"]
+    if zero["count"]:
+        print(f"  warning: {zero['count']} queries have a zero embedding (first: {', '.join(zero['first'])}); they join the nearest centroid by plain L2")
+    print(f"  → {clusters_dir(FeatureStore(config.store), config.cluster)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--verify", action="store_true", help="recompute every shard's checksum")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(run=_run_store_info)
+
+    for name, run, text in (
+        ("encode", _run_encode, "embed every query of the store with the sentence encoder (Ray Data actor pool; resumable)"),
+        ("cluster", _run_cluster, "faiss k-means of the query embeddings into K clusters, m memberships per sample"),
+    ):
+        stage = commands.add_parser(name, help=text, description=text + ". Settings come from the YAML config (see configs/).")
+        stage.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
+        stage.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set cluster.k=64")
+        stage.add_argument("--quiet", action="store_true", help="no progress bar")
+        stage.set_defaults(run=run)
     return parser
 
 
@@ -232,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreRejectError as error:
         print(f"cu-scale: --strict: {error}", file=sys.stderr)
         return 1
-    except (AnnotationError, StoreError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (AnnotationError, StoreError, ConfigError, ClusteringError, BatchingError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"cu-scale: {error}", file=sys.stderr)
         return 2
 

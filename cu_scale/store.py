@@ -502,6 +502,9 @@ class FeatureStore:
         filters = None if split is None else [("split", "=", split)]
         return pq.read_table(self.files("samples"), columns=columns, filters=filters, schema=SAMPLE_SCHEMA)
 
+    def shard_samples(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path / self.shards[index]["samples_file"], columns=columns, schema=SAMPLE_SCHEMA)
+
     def iter_shards(self) -> Iterator[tuple[pa.Table, pa.Table]]:
         for videos, samples in zip(self.files("videos"), self.files("samples")):
             yield pq.read_table(videos), pq.read_table(samples)

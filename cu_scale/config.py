@@ -1,0 +1,145 @@
+"""The run configuration: one YAML file, loaded and validated once, here, into frozen dataclasses.
+
+Every later stage receives the dataclass of its section, never the YAML. A bad value is reported with
+the file and the dotted field (``configs/x.yaml: cluster.k: must be ≥ 2, got 1``). Relative paths are
+taken from the directory the command runs in.
+
+    store: stores/charades          # the feature store every stage reads
+    encode:  {model: null, actors: 1, batch_size: 256, max_tokens: 32, device: auto}
+    cluster: {k: 256, memberships: 2, iterations: 20, max_points_per_centroid: 256, seed: 0}
+    batches: {batch_size: 64, clusters_per_batch: 8, seed: 0}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import typing
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the file and the field."""
+
+
+def _at_least(section, name: str, minimum: int):
+    value = getattr(section, name)
+    if value < minimum:
+        raise ConfigError(f"{name}: must be ≥ {minimum}, got {value}")
+
+
+def _one_of(section, name: str, choices: tuple):
+    if getattr(section, name) not in choices:
+        raise ConfigError(f"{name}: must be one of {choices}, got {getattr(section, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+    model: str | None = None  # a local Hugging Face model directory; None: the bundled all-MiniLM-L6-v2
+    actors: int = 1  # encoder actors in the Ray Data pool (each holds one model)
+    batch_size: int = 256  # queries per forward pass
+    max_tokens: int = 32
+    device: str = "auto"  # auto: a GPU when Ray has one, else cpu
+
+    def __post_init__(self):
+        _at_least(self, "actors", 1)
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "max_tokens", 2)
+        _one_of(self, "device", ("auto", "cpu", "cuda"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    k: int = 256  # K, the number of query clusters (paper §II-B)
+    memberships: int = 2  # m: each sample belongs to its m nearest centroids ("the same sample could appear in different clusters")
+    iterations: int = 20
+    max_points_per_centroid: int = 256  # k-means trains on at most K × this many queries, then assigns all
+    seed: int = 0
+
+    def __post_init__(self):
+        _at_least(self, "k", 2)
+        _at_least(self, "memberships", 1)
+        if self.memberships > self.k:
+            raise ConfigError(f"memberships: must be ≤ k ({self.k}), got {self.memberships}")
+        _at_least(self, "iterations", 1)
+        _at_least(self, "max_points_per_centroid", 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    batch_size: int = 64  # B
+    clusters_per_batch: int = 8  # N: a batch holds N clusters × B/N samples
+    seed: int = 0
+
+    def __post_init__(self):
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "clusters_per_batch", 1)
+        if self.batch_size % self.clusters_per_batch:
+            raise ConfigError(
+                f"batch_size: B={self.batch_size} is not divisible by clusters_per_batch N={self.clusters_per_batch};"
+                f" a batch holds N clusters × B/N samples (try B={self.batch_size - self.batch_size % self.clusters_per_batch})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    store: str
+    encode: EncodeConfig = EncodeConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    batches: BatchConfig = BatchConfig()
+    source: str = "<config>"
+
+
+def _build_section(cls, values, where: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        expected = hints[name]
+        allowed = typing.get_args(expected) or (expected,)
+        allowed = tuple(type(None) if a is None else a for a in allowed)
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            raise ConfigError(f"{where}.{name}: expected {' or '.join(a.__name__ for a in allowed)}, got {value!r}")
+    try:
+        return cls(**values)
+    except ConfigError as error:
+        raise ConfigError(f"{where}.{error}") from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a run configuration; `overrides` maps dotted keys to values (``{"cluster.k": 64}``)."""
+    path = pathlib.Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML") from None
+    for key, value in (overrides or {}).items():
+        section, _, field = key.partition(".")
+        if field:
+            raw.setdefault(section, {})[field] = value
+        else:
+            raw[section] = value
+    sections = {"encode": EncodeConfig, "cluster": ClusterConfig, "batches": BatchConfig}
+    unknown = sorted(set(raw) - set(sections) - {"store"})
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown section (known: store, {', '.join(sections)})")
+    if not isinstance(raw.get("store"), str):
+        raise ConfigError(f"{path}: store: the path of the feature store is required")
+    built = {}
+    for name, cls in sections.items():
+        try:
+            built[name] = _build_section(cls, raw.get(name), name)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    return RunConfig(store=raw["store"], source=str(path), **built)

@@ -1,0 +1,93 @@
+"""faiss clustering: multi-assignment, edge cases, and the encode → cluster → batches stages on a demo store."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cu_scale.batching import plan_epoch, worker_partition
+from cu_scale.cli import main
+from cu_scale.clustering import ClusteringError, read_assignments, train_kmeans
+from cu_scale.config import ClusterConfig, load_config
+from cu_scale.store import FeatureStore
+
+
+def _blobs(n_per=50, k=4, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.eye(k, dim, dtype=np.float32) * 5
+    return np.concatenate([c + 0.1 * rng.standard_normal((n_per, dim), dtype=np.float32) for c in centres])
+
+
+def test_kmeans_recovers_blobs_and_assigns_m_nearest_first():
+    x = _blobs()
+    model = train_kmeans(x, 4, seed=0)
+    ids, distances = model.assign(x, 2)
+    assert model.device == "cpu" and ids.shape == (200, 2)
+    assert all(len(set(ids[i * 50 : (i + 1) * 50, 0])) == 1 for i in range(4))  # one cluster per blob
+    assert len(set(ids[::50, 0])) == 4
+    assert (distances[:, 0] <= distances[:, 1]).all() and (ids[:, 0] != ids[:, 1]).all()
+
+
+def test_k_larger_than_the_queries_is_refused_clearly():
+    with pytest.raises(ClusteringError, match="K=300 clusters need at least K queries; there are 200"):
+        train_kmeans(_blobs(), 300)
+
+
+def test_duplicates_leaving_too_few_distinct_queries_are_refused_clearly():
+    x = np.repeat(_blobs(n_per=1), 40, axis=0)  # 4 distinct rows, 160 queries
+    with pytest.raises(ClusteringError, match="hold only 4 distinct ones \\(156 duplicates\\). Lower cluster.k to at most 4"):
+        train_kmeans(x, 8)
+    assert train_kmeans(x, 4).centroids.shape == (4, 16)  # duplicates alone are fine
+
+
+def test_zero_vectors_are_left_out_of_training_and_still_assigned():
+    x = np.concatenate([_blobs(), np.zeros((3, 16), np.float32)])
+    model = train_kmeans(x, 4)
+    assert model.trained_on == 200
+    ids, _ = model.assign(x[-3:], 1)
+    assert ids.shape == (3, 1) and (ids >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, local_ray):
+    root = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(root), "--videos", "120", "--quiet"]) == 0
+    config = root / "run.yaml"
+    config.write_text(f"store: {root / 'store'}\ncluster: {{k: 8, memberships: 2}}\nbatches: {{batch_size: 16, clusters_per_batch: 4}}\n")
+    return root, config
+
+
+def test_encode_is_resumable_and_cluster_writes_assignments(demo_run, capsys):
+    root, config = demo_run
+    store = FeatureStore(root / "store")
+    assert main(["encode", str(config), "--quiet"]) == 0
+    assert "encoded 225 queries" in capsys.readouterr().out
+    assert main(["encode", str(config), "--quiet"]) == 0  # resumes: nothing left to do
+    out = capsys.readouterr().out
+    assert "encoded 0 queries" in out and "1 of 1 shards were done already" in out
+
+    assert main(["cluster", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "clustered 225 queries into K=8 on cpu" in out
+    summary = json.loads((root / "store" / "clusters" / "K8-m2" / "summary.json").read_text())
+    assert summary["samples"] == 225 and summary["membership_size"]["max"] <= 225
+    ids, clusters = read_assignments(store, ClusterConfig(k=8, memberships=2), 0)
+    assert clusters.shape == (225, 2) and ids == store.shard_samples(0, ["sample_id"]).column("sample_id").to_pylist()
+    # Queries about the same action (verb and object) land in the same nearest cluster more often than not.
+    queries = store.shard_samples(0, ["query"]).column("query").to_pylist()
+    same = [clusters[i, 0] == clusters[j, 0] for i in range(60) for j in range(i + 1, 60) if queries[i].split()[-1] == queries[j].split()[-1]]
+    assert np.mean(same) > 0.5
+
+
+def test_worker_partitions_and_batches_from_the_store(demo_run):
+    root, config_path = demo_run
+    config = load_config(config_path)
+    store = FeatureStore(root / "store")
+    if not (root / "store" / "clusters" / "K8-m2" / "summary.json").exists():
+        assert main(["encode", str(config_path), "--quiet"]) == 0 and main(["cluster", str(config_path)]) == 0
+    partition = worker_partition(store, config.cluster, rank=0, world_size=1)
+    assert len(partition.sample_ids) == store.manifest["counts"]["splits"]["train"]["samples"]
+    batches = list(plan_epoch(partition.nearest, config.batches, epoch=0))
+    assert set(np.concatenate(batches)) == set(range(len(partition.sample_ids)))
+    with pytest.raises(ValueError, match="worker 1 of 2 gets no shard"):
+        worker_partition(store, config.cluster, rank=1, world_size=2)

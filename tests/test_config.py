@@ -1,0 +1,40 @@
+"""Config loading: validated once, errors name the file and the field."""
+
+import pytest
+
+from cu_scale.config import ConfigError, load_config
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path):
+    config = load_config(_write(tmp_path, "store: s\ncluster: {k: 32}\n"), {"batches.batch_size": 16, "batches.clusters_per_batch": 4})
+    assert (config.store, config.cluster.k, config.cluster.memberships) == ("s", 32, 2)
+    assert (config.batches.batch_size, config.batches.clusters_per_batch) == (16, 4)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("cluster: {k: 4}\n", "store: the path of the feature store is required"),
+        ("store: s\ncluster: {kk: 4}\n", "cluster.kk: unknown field (known: k, memberships"),
+        ("store: s\ncluster: {k: 1}\n", "cluster.k: must be ≥ 2, got 1"),
+        ("store: s\ncluster: {k: four}\n", "cluster.k: expected int, got 'four'"),
+        ("store: s\ncluster: {k: true}\n", "cluster.k: expected int, got True"),
+        ("store: s\ncluster: {k: 4, memberships: 5}\n", "cluster.memberships: must be ≤ k (4), got 5"),
+        ("store: s\nbatches: {batch_size: 30, clusters_per_batch: 4}\n", "batches.batch_size: B=30 is not divisible"),
+        ("store: s\nencode: {device: tpu}\n", "encode.device: must be one of"),
+        ("store: s\ntraining: {}\n", "training: unknown section"),
+        ("store: s\ncluster: [1, 2]\n", "cluster: expected a mapping"),
+        ("store: s\ncluster: {k: 4\n", ":3: not valid YAML"),
+    ],
+)
+def test_errors_name_file_and_field(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(str(path)) and message in str(error.value)
