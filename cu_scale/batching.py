@@ -43,21 +43,19 @@ class WorkerPartition:
         return self.clusters[:, 0]
 
 
-def worker_partition(store: FeatureStore, clusters: ClusterConfig, rank: int, world_size: int, split: str = "train") -> WorkerPartition:
-    """Shards rank, rank + world_size, ... of the store, restricted to `split`: each worker reads its own."""
+def worker_partition(store: FeatureStore, clusters: ClusterConfig, rank: int, world_size: int) -> WorkerPartition:
+    """Shards rank, rank + world_size, ... of the clustered split: each worker reads only its own."""
     from cu_scale.clustering import read_assignments
 
-    shards = [i for i in range(len(store.shards)) if store.shards[i]["splits"].get(split)]
+    shards = [i for i, shard in enumerate(store.shards) if shard["splits"].get(clusters.split)]
     mine = shards[rank::world_size]
     if not mine:
-        raise BatchingError(f"worker {rank} of {world_size} gets no shard: the store has {len(shards)} shard(s) with split {split!r}")
+        raise BatchingError(f"worker {rank} of {world_size} gets no shard: the store has {len(shards)} shard(s) with split {clusters.split!r}")
     sample_ids, rows = [], []
     for index in mine:
         ids, assignment = read_assignments(store, clusters, index)
-        splits = store.shard_samples(index, columns=["split"]).column("split").to_pylist()
-        keep = [i for i, s in enumerate(splits) if s == split]
-        sample_ids += [ids[i] for i in keep]
-        rows.append(assignment[keep])
+        sample_ids += ids
+        rows.append(assignment)
     return WorkerPartition(tuple(mine), sample_ids, np.concatenate(rows))
 
 

@@ -12,9 +12,10 @@ its first cluster is the nearest. The paper says a sample "could appear in diffe
 saying how; nearest-m is simple, gives every sample the same number of memberships, and m = 1 recovers
 hard clustering.
 
-Output: ``STORE/clusters/K{K}-m{m}/part-NNNNN.parquet`` (sample_id, clusters: list of m ids, nearest first),
-co-partitioned with the store, and ``summary.json`` with the cluster sizes. A directory per (K, m) caches
-the result, so a search over K clusters each K once.
+Only the samples of one split are clustered (the training set: the contrasts are training losses).
+Output: ``STORE/clusters/{split}-K{K}-m{m}/part-NNNNN.parquet`` (sample_id, clusters: list of m ids, nearest
+first), co-partitioned with the store, and ``summary.json`` with the cluster sizes. A directory per
+(split, K, m) caches the result, so a search over K clusters each K once.
 """
 
 from __future__ import annotations
@@ -93,18 +94,28 @@ def train_kmeans(embeddings: np.ndarray, k: int, iterations: int = 20, seed: int
 
 
 def clusters_dir(store: FeatureStore, config: ClusterConfig) -> pathlib.Path:
-    return store.path / CLUSTERS_DIR / f"K{config.k}-m{config.memberships}"
+    return store.path / CLUSTERS_DIR / f"{config.split}-K{config.k}-m{config.memberships}"
 
 
-def _training_sample(store: FeatureStore, limit: int, seed: int) -> np.ndarray:
+def split_embeddings(store: FeatureStore, shard_index: int, split: str) -> tuple[list[str], np.ndarray]:
+    """Sample ids and embeddings of one shard's samples of `split` (embeddings are stored in sample order)."""
+    sample_ids, embeddings = read_embeddings(store, shard_index)
+    keep = np.array(store.shard_samples(shard_index, ["split"]).column("split").to_pylist()) == split
+    return [i for i, k in zip(sample_ids, keep) if k], embeddings[keep]
+
+
+def _training_sample(store: FeatureStore, split: str, limit: int, seed: int) -> np.ndarray:
     """A uniform sample of at most `limit` embeddings, drawn shard by shard (Bernoulli with p = limit / total)."""
-    total = sum(s["num_samples"] for s in store.shards)
-    keep = min(1.0, limit / max(total, 1))
+    total = store.manifest["counts"]["splits"].get(split, {}).get("samples", 0)
+    if total == 0:
+        raise ClusteringError(f"{store.path} has no samples of split {split!r}; splits are {sorted(store.manifest['counts']['splits'])}")
+    keep = min(1.0, limit / total)
     rng = np.random.default_rng(seed)
     parts = []
-    for index in range(len(store.shards)):
-        _, embeddings = read_embeddings(store, index)
-        parts.append(embeddings if keep >= 1 else embeddings[rng.random(len(embeddings)) < keep])
+    for index, shard in enumerate(store.shards):
+        if shard["splits"].get(split):
+            _, embeddings = split_embeddings(store, index, split)
+            parts.append(embeddings if keep >= 1 else embeddings[rng.random(len(embeddings)) < keep])
     return np.concatenate(parts)
 
 
@@ -116,7 +127,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
         return json.loads((out / "summary.json").read_text())
     started = time.perf_counter()
     model = train_kmeans(
-        _training_sample(store, config.k * config.max_points_per_centroid, config.seed),
+        _training_sample(store, config.split, config.k * config.max_points_per_centroid, config.seed),
         config.k,
         config.iterations,
         config.seed,
@@ -128,7 +139,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
     primary_sizes = np.zeros(config.k, np.int64)
     zero_ids: list[str] = []
     for index, shard in enumerate(store.shards):
-        sample_ids, embeddings = read_embeddings(store, index)
+        sample_ids, embeddings = split_embeddings(store, index, config.split)
         ids, _ = model.assign(embeddings, config.memberships)
         zero_ids += [sample_ids[i] for i in np.flatnonzero(np.linalg.norm(embeddings, axis=1) == 0)]
         np.add.at(sizes, ids.reshape(-1), 1)
@@ -144,6 +155,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
     summary = {
         "k": config.k,
         "memberships": config.memberships,
+        "split": config.split,
         "device": model.device,
         "trained_on": model.trained_on,
         "objective": model.objective,
@@ -174,10 +186,10 @@ def _describe_sizes(sizes: np.ndarray) -> dict:
 
 
 def read_assignments(store: FeatureStore, config: ClusterConfig, shard_index: int) -> tuple[list[str], np.ndarray]:
-    """Sample ids and ``(n, m)`` cluster ids (nearest first) of one shard."""
+    """Sample ids and ``(n, m)`` cluster ids (nearest first) of one shard's samples of the clustered split."""
     path = clusters_dir(store, config) / pathlib.Path(store.shards[shard_index]["samples_file"]).name
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `cu-scale cluster` with k={config.k}, memberships={config.memberships}")
+        raise FileNotFoundError(f"{path} is missing: run `cu-scale cluster` with k={config.k}, memberships={config.memberships}, split={config.split}")
     table = pq.read_table(path)
     column = table.column("clusters").combine_chunks()
     return table.column("sample_id").to_pylist(), column.values.to_numpy().reshape(len(table), config.memberships)

@@ -6,7 +6,7 @@ taken from the directory the command runs in.
 
     store: stores/charades          # the feature store every stage reads
     encode:  {model: null, actors: 1, batch_size: 256, max_tokens: 32, device: auto}
-    cluster: {k: 256, memberships: 2, iterations: 20, max_points_per_centroid: 256, seed: 0}
+    cluster: {k: 256, memberships: 2, iterations: 20, max_points_per_centroid: 256, seed: 0, split: train}
     batches: {batch_size: 64, clusters_per_batch: 8, seed: 0}
 """
 
@@ -57,6 +57,7 @@ class ClusterConfig:
     iterations: int = 20
     max_points_per_centroid: int = 256  # k-means trains on at most K × this many queries, then assigns all
     seed: int = 0
+    split: str = "train"  # the queries to cluster: the training set, never the test split
 
     def __post_init__(self):
         _at_least(self, "k", 2)

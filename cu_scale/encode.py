@@ -31,9 +31,12 @@ def embedding_schema(dim: int) -> pa.Schema:
 class ShardEncoder:
     """A Ray Data actor: holds one `QueryEncoder`, embeds whole shards and writes them."""
 
-    def __init__(self, store_path: str, model: str | None, device: str, batch_size: int, max_tokens: int):
+    def __init__(self, store_path: str, model: str | None, device: str, batch_size: int, max_tokens: int, threads: int):
+        import torch
+
         from cu_scale.text_encoder import QueryEncoder
 
+        torch.set_num_threads(threads)  # Ray starts actors with one thread unless told otherwise
         self.encoder = QueryEncoder(model, device=device, max_tokens=max_tokens)
         self.store_path, self.batch_size = pathlib.Path(store_path), batch_size
 
@@ -42,8 +45,12 @@ class ShardEncoder:
         for samples_file, out_file in zip(batch["samples_file"], batch["out_file"]):
             samples = pq.read_table(self.store_path / samples_file, columns=["sample_id", "query"], schema=SAMPLE_SCHEMA)
             queries = samples.column("query").to_pylist()
-            chunks = [self.encoder.encode_sentences(queries[i : i + self.batch_size]) for i in range(0, len(queries), self.batch_size)]
-            embeddings = np.concatenate(chunks) if chunks else np.zeros((0, self.encoder.dim), np.float32)
+            # Batch queries of similar length together (as sentence-transformers does): less padding.
+            order = np.argsort([len(q) for q in queries], kind="stable")
+            embeddings = np.zeros((len(queries), self.encoder.dim), np.float32)
+            for i in range(0, len(queries), self.batch_size):
+                rows = order[i : i + self.batch_size]
+                embeddings[rows] = self.encoder.encode_sentences([queries[r] for r in rows])
             table = pa.Table.from_arrays(
                 [samples.column("sample_id"), pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), self.encoder.dim)],
                 schema=embedding_schema(self.encoder.dim),
@@ -87,6 +94,8 @@ def encode_store(store_path: str | os.PathLike, config: EncodeConfig, progress: 
     summary = {"model": model, "shards": len(store.shards), "skipped": len(store.shards) - len(todo), "encoded_samples": 0}
     if todo:
         use_gpu = config.device == "cuda" or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+        # Share the CPUs among the actors: each gets its slice as Ray CPUs and as torch threads.
+        threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // config.actors)
         dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             ShardEncoder,
             fn_constructor_kwargs={
@@ -95,10 +104,12 @@ def encode_store(store_path: str | os.PathLike, config: EncodeConfig, progress: 
                 "device": "cuda" if use_gpu else "cpu",
                 "batch_size": config.batch_size,
                 "max_tokens": config.max_tokens,
+                "threads": threads,
             },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_gpus=1 if use_gpu else 0,
+            num_cpus=threads,
         )
         total = sum(shard["num_samples"] for shard in store.shards)
         pending = sum(store.shards[i]["num_samples"] for i in todo_indices)

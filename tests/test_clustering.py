@@ -68,13 +68,13 @@ def test_encode_is_resumable_and_cluster_writes_assignments(demo_run, capsys):
 
     assert main(["cluster", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "clustered 225 queries into K=8 on cpu" in out
-    summary = json.loads((root / "store" / "clusters" / "K8-m2" / "summary.json").read_text())
-    assert summary["samples"] == 225 and summary["membership_size"]["max"] <= 225
+    assert "clustered 169 queries into K=8 on cpu" in out
+    summary = json.loads((root / "store" / "clusters" / "train-K8-m2" / "summary.json").read_text())
+    assert summary["samples"] == 169 and summary["split"] == "train"
     ids, clusters = read_assignments(store, ClusterConfig(k=8, memberships=2), 0)
-    assert clusters.shape == (225, 2) and ids == store.shard_samples(0, ["sample_id"]).column("sample_id").to_pylist()
+    assert clusters.shape == (169, 2) and ids == store.samples_table(split="train", columns=["sample_id"]).column("sample_id").to_pylist()
     # Queries about the same action (verb and object) land in the same nearest cluster more often than not.
-    queries = store.shard_samples(0, ["query"]).column("query").to_pylist()
+    queries = store.samples_table(split="train", columns=["query"]).column("query").to_pylist()
     same = [clusters[i, 0] == clusters[j, 0] for i in range(60) for j in range(i + 1, 60) if queries[i].split()[-1] == queries[j].split()[-1]]
     assert np.mean(same) > 0.5
 
@@ -83,7 +83,7 @@ def test_worker_partitions_and_batches_from_the_store(demo_run):
     root, config_path = demo_run
     config = load_config(config_path)
     store = FeatureStore(root / "store")
-    if not (root / "store" / "clusters" / "K8-m2" / "summary.json").exists():
+    if not (root / "store" / "clusters" / "train-K8-m2" / "summary.json").exists():
         assert main(["encode", str(config_path), "--quiet"]) == 0 and main(["cluster", str(config_path)]) == 0
     partition = worker_partition(store, config.cluster, rank=0, world_size=1)
     assert len(partition.sample_ids) == store.manifest["counts"]["splits"]["train"]["samples"]
