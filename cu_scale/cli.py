@@ -168,13 +168,21 @@ def _run_store_info(args) -> int:
 
 
 def _run_demo(args) -> int:
+    from cu_scale.clustering import cluster_store
+    from cu_scale.demo import demo_config
+    from cu_scale.encode import encode_store
     from cu_scale.prepare import StoreOptions, prepare_demo
 
     out = pathlib.Path(args.out) / "store"
+    config = demo_config(str(out))
     started = time.perf_counter()
     prepare_demo(StoreOptions(out=str(out), max_steps=32, overwrite=True, progress=not args.quiet), num_videos=args.videos, seed=args.seed)
     print(describe_store(FeatureStore(out)))
-    print(f"demo corpus ready in {time.perf_counter() - started:.1f} s (the training stages land with the next issues)")
+    _start_ray()
+    encoded = encode_store(out, config.encode, progress=not args.quiet)
+    print(f"encode       {encoded['encoded_samples']:,} queries with {pathlib.Path(encoded['model']).parent.name}, dim {encoded['dim']}")
+    _print_clusters(cluster_store(out, config.cluster), out, config)
+    print(f"demo ready in {time.perf_counter() - started:.1f} s under {args.out} (the training stages land with the next issues)")
     return 0
 
 
@@ -228,16 +236,21 @@ def _run_cluster(args) -> int:
     from cu_scale.config import load_config
 
     config = load_config(args.config, _parse_overrides(args.set))
-    summary = cluster_store(config.store, config.cluster)
+    _print_clusters(cluster_store(config.store, config.cluster), config.store, config)
+    return 0
+
+
+def _print_clusters(summary: dict, store_path, config) -> None:
+    from cu_scale.clustering import clusters_dir
+
     near, member = summary["nearest_cluster_size"], summary["membership_size"]
-    print(f"clustered {summary['samples']:,} queries into K={summary['k']} on {summary['device']} in {summary['seconds']} s (trained on {summary['trained_on']:,})")
+    print(f"cluster      {summary['samples']:,} {summary['split']} queries into K={summary['k']} on {summary['device']} in {summary['seconds']} s (trained on {summary['trained_on']:,})")
     print(f"  nearest-cluster sizes  min {near['min']}  p10 {near['p10']}  median {near['median']}  p90 {near['p90']}  max {near['max']}   empty clusters {summary['empty_clusters']}")
     print(f"  with m={summary['memberships']} memberships   min {member['min']}  p10 {member['p10']}  median {member['median']}  p90 {member['p90']}  max {member['max']}")
     zero = summary["zero_embeddings"]
     if zero["count"]:
         print(f"  warning: {zero['count']} queries have a zero embedding (first: {', '.join(zero['first'])}); they join the nearest centroid by plain L2")
-    print(f"  → {clusters_dir(FeatureStore(config.store), config.cluster)}")
-    return 0
+    print(f"  → {clusters_dir(FeatureStore(store_path), config.cluster)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="build the demo corpus (no files needed) and print its summary")
+    demo = commands.add_parser("demo", help="the embedded default: build the demo corpus (no files needed), encode and cluster its queries")
     demo.add_argument("--out", default=DEMO_DIR, help=f"run directory (default {DEMO_DIR})")
     demo.add_argument("--videos", type=int, default=240, help="number of demo videos (default 240)")
     demo.add_argument("--seed", type=int, default=0)

@@ -11,7 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, RunConfig
 from cu_scale.records import Event, Sample, Video
+
+
+def demo_config(store: str) -> RunConfig:
+    """The settings `cu-scale demo` runs with; configs/demo.yaml holds the same values (a test checks)."""
+    return RunConfig(
+        store=store,
+        encode=EncodeConfig(actors=1, batch_size=256),
+        cluster=ClusterConfig(k=16, memberships=2),
+        batches=BatchConfig(batch_size=32, clusters_per_batch=4),
+        source="cu_scale.demo.demo_config",
+    )
 
 # verb: (third person, -ing, past)
 VERBS = {

@@ -104,11 +104,23 @@ def test_glance_and_partial_are_exclusive(datasets, tmp_path):
         main(["prepare", "charades-sta", "--annotations", str(datasets / "charades_sta"), "--glance", "--partial", "uniform", "--simulate", "--out", str(tmp_path / "s")])
 
 
-def test_demo_builds_the_demo_store(tmp_path, capsys):
+def test_demo_config_file_matches_what_cu_scale_demo_runs():
+    import pathlib
+
+    from cu_scale.config import load_config
+    from cu_scale.demo import demo_config
+
+    shipped = load_config(pathlib.Path(__file__).parents[1] / "configs" / "demo.yaml")
+    expected = demo_config(shipped.store)
+    assert (shipped.encode, shipped.cluster, shipped.batches) == (expected.encode, expected.cluster, expected.batches)
+
+
+def test_demo_builds_encodes_and_clusters(tmp_path, capsys, local_ray):
     assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     store = FeatureStore(tmp_path / "store")
     assert store.manifest["dataset"] == "demo" and store.manifest["counts"]["videos"] == 240
     assert set(store.manifest["counts"]["splits"]) == {"train", "test"}
-    assert "demo corpus ready" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "demo ready" in out and "encode       437 queries" in out and "cluster      334 train queries into K=16" in out
     assert main(["store", "info", str(tmp_path / "store"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["schema_version"] == 1

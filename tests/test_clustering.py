@@ -51,7 +51,7 @@ def test_zero_vectors_are_left_out_of_training_and_still_assigned():
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, local_ray):
     root = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(root), "--videos", "120", "--quiet"]) == 0
+    assert main(["prepare", "demo", "--out", str(root / "store"), "--videos", "120", "--quiet"]) == 0
     config = root / "run.yaml"
     config.write_text(f"store: {root / 'store'}\ncluster: {{k: 8, memberships: 2}}\nbatches: {{batch_size: 16, clusters_per_batch: 4}}\n")
     return root, config
@@ -68,7 +68,7 @@ def test_encode_is_resumable_and_cluster_writes_assignments(demo_run, capsys):
 
     assert main(["cluster", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "clustered 169 queries into K=8 on cpu" in out
+    assert "cluster      169 train queries into K=8 on cpu" in out
     summary = json.loads((root / "store" / "clusters" / "train-K8-m2" / "summary.json").read_text())
     assert summary["samples"] == 169 and summary["split"] == "train"
     ids, clusters = read_assignments(store, ClusterConfig(k=8, memberships=2), 0)
