@@ -1,0 +1,143 @@
+"""The implicit-stage model (paper §II-A, §II-B): fusion, event detector Φ, plateau mask, Eq. 1–2.
+
+Single-device PyTorch; no Ray, no DeepSpeed here. Time is *normalised* inside the model: 0 is the start
+of the video and 1 the end of its valid feature steps, so one model serves videos of any length; callers
+convert seconds with the video's duration.
+
+- Fusion: one linear layer per modality to D, then two cross-modal Transformer layers: the video attends
+  to the words (→ V ∈ R^{T×D}) and the words attend to the video (→ Q ∈ R^{M×D}); q is the masked mean of Q.
+- Event detector Φ(V) → (δ, ℓ) around the anchor t_c (Eq. 1). *Choice* (the paper does not say how Φ reads
+  V): anchor-conditioned attention pooling. Each step's V_t is joined with a sinusoidal code of its offset
+  (t − t_c) from the anchor, scored, softmax-pooled over the valid steps, and an MLP gives δ = ½·tanh(·)
+  (the centre may move by up to half the video) and ℓ = sigmoid(·) ∈ (0, 1). Then p = t_c + δ,
+  ŝ = p − ℓ/2, ê = p + ℓ/2, both clamped to [0, 1] so the event stays inside the video.
+- Plateau mask (Moltisanti et al. 2019): m_t = σ(κ(τ_t − ŝ)) · σ(κ(ê − τ_t)) at step centres τ_t, with a
+  learnable steepness κ = softplus(κ_raw) (always positive), zero on padded steps.
+- Eq. 2: v_ev = 1/T Σ m_t V_t, v_bg = 1/T Σ (1 − m_t) V_t, and v_vd = 1/T Σ V_t, T the valid steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclasses.dataclass(frozen=True)
+class ImplicitModelConfig:
+    video_dim: int  # Dv
+    word_dim: int  # Dq
+    hidden_dim: int = 256  # D
+    heads: int = 4
+    dropout: float = 0.1
+    offset_code_dim: int = 32  # size of the sinusoidal code of (t − t_c) the detector sees
+    initial_steepness: float = 30.0  # κ at start, in 1/normalised time: the mask edge spans ~1/κ of the video
+
+
+def step_centres(valid_steps: torch.Tensor, max_steps: int) -> torch.Tensor:
+    """(B, max_steps) normalised time of each step's centre, (k + ½)/n for the n valid steps (padding past 1)."""
+    k = torch.arange(max_steps, device=valid_steps.device, dtype=torch.float32)
+    return (k[None, :] + 0.5) / valid_steps[:, None].clamp(min=1).float()
+
+
+def plateau_mask(centres: torch.Tensor, start: torch.Tensor, end: torch.Tensor, steepness: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """m_t = σ(κ(τ_t − ŝ)) · σ(κ(ê − τ_t)) on valid steps, 0 on padding. Shapes (B, T), (B,), (B,), (), (B, T)."""
+    rise = torch.sigmoid(steepness * (centres - start[:, None]))
+    fall = torch.sigmoid(steepness * (end[:, None] - centres))
+    return rise * fall * valid.float()
+
+
+def pool_event(features: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 2: (v_ev, v_bg, v_vd), each (B, D), averaged over the T valid steps."""
+    steps = valid.float().sum(1, keepdim=True).clamp(min=1)
+    valid_f = valid.float()[..., None]
+    v_ev = (mask[..., None] * features).sum(1) / steps
+    v_bg = ((1 - mask)[..., None] * valid_f * features).sum(1) / steps
+    v_vd = (valid_f * features).sum(1) / steps
+    return v_ev, v_bg, v_vd
+
+
+def offset_code(offsets: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal code of normalised offsets in [−1, 1]: (..., dim)."""
+    frequencies = torch.exp(torch.linspace(0, math.log(64.0), dim // 2, device=offsets.device)) * math.pi
+    angles = offsets[..., None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class CrossModalLayer(nn.Module):
+    """Self-attention on one modality, cross-attention to the other, feed-forward (pre-norm)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+
+    def forward(self, x, x_valid, other, other_valid):
+        h = self.norms[0](x)
+        x = x + self.self_attention(h, h, h, key_padding_mask=~x_valid, need_weights=False)[0]
+        h = self.norms[1](x)
+        x = x + self.cross_attention(h, other, other, key_padding_mask=~other_valid, need_weights=False)[0]
+        return x + self.feed_forward(self.norms[2](x))
+
+
+@dataclasses.dataclass
+class ImplicitOutput:
+    start: torch.Tensor  # ŝ (B,), normalised
+    end: torch.Tensor  # ê (B,)
+    offset: torch.Tensor  # δ (B,)
+    width: torch.Tensor  # ℓ (B,)
+    mask: torch.Tensor  # m (B, T)
+    v_ev: torch.Tensor  # (B, D)
+    v_bg: torch.Tensor
+    v_vd: torch.Tensor
+    q: torch.Tensor  # (B, D)
+    video: torch.Tensor  # V (B, T, D), for other representations (Table V)
+    centres: torch.Tensor  # τ (B, T)
+    valid: torch.Tensor  # (B, T) bool
+
+
+class ImplicitModel(nn.Module):
+    def __init__(self, config: ImplicitModelConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_dim
+        self.video_in = nn.Sequential(nn.Linear(config.video_dim, d), nn.Dropout(config.dropout))
+        self.words_in = nn.Sequential(nn.Linear(config.word_dim, d), nn.Dropout(config.dropout))
+        self.video_to_words = CrossModalLayer(d, config.heads, config.dropout)
+        self.words_to_video = CrossModalLayer(d, config.heads, config.dropout)
+        self.detector_score = nn.Sequential(nn.Linear(d + config.offset_code_dim, d), nn.Tanh(), nn.Linear(d, 1))
+        self.detector_head = nn.Sequential(nn.Linear(d + config.offset_code_dim, d), nn.GELU(), nn.Linear(d, 2))
+        # κ = softplus(κ_raw); start at the configured steepness.
+        self.steepness_raw = nn.Parameter(torch.tensor(math.log(math.expm1(config.initial_steepness))))
+
+    @property
+    def steepness(self) -> torch.Tensor:
+        return F.softplus(self.steepness_raw)
+
+    def forward(self, video, video_valid, words, words_valid, anchor) -> ImplicitOutput:
+        """video (B, T, Dv), video_valid (B, T) bool, words (B, M, Dq), words_valid (B, M) bool, anchor t_c (B,) normalised."""
+        v = self.video_in(video.float())
+        w = self.words_in(words.float())
+        fused_video = self.video_to_words(v, video_valid, w, words_valid)
+        fused_words = self.words_to_video(w, words_valid, v, video_valid)
+        word_weights = words_valid.float()[..., None]
+        q = (fused_words * word_weights).sum(1) / word_weights.sum(1).clamp(min=1)
+
+        centres = step_centres(video_valid.sum(1), video.shape[1])
+        code = offset_code((centres - anchor[:, None]).clamp(-1, 1), self.config.offset_code_dim)
+        joined = torch.cat([fused_video, code], dim=-1)
+        scores = self.detector_score(joined).squeeze(-1).masked_fill(~video_valid, float("-inf"))
+        pooled = (torch.softmax(scores, dim=1)[..., None] * joined).sum(1)
+        raw_offset, raw_width = self.detector_head(pooled).unbind(-1)
+        offset, width = 0.5 * torch.tanh(raw_offset), torch.sigmoid(raw_width)  # Eq. 1
+        centre = anchor + offset
+        start, end = (centre - width / 2).clamp(0, 1), (centre + width / 2).clamp(0, 1)
+
+        mask = plateau_mask(centres, start, end, self.steepness, video_valid)
+        v_ev, v_bg, v_vd = pool_event(fused_video, mask, video_valid)  # Eq. 2
+        return ImplicitOutput(start, end, offset, width, mask, v_ev, v_bg, v_vd, q, fused_video, centres, video_valid)

@@ -1,0 +1,157 @@
+"""The implicit-stage losses (paper Eq. 3–8). Plain PyTorch: no Ray, no DeepSpeed.
+
+    L_raml = max(S(v_vd, q) − S(v_ev, q) + α, 0)                                    (Eq. 4)
+    L_raun = max(S(v_ev, v_bg) − S(v_ev, v_vd) + β, 0)                              (Eq. 5)
+    L_erml = −log Σ_{m∈Ψ⁺_i} exp(v_i·q_m/τ) / Σ_{j∈Ψ⁺_i∪Ψ⁻_i} exp(v_i·q_j/τ)             (Eq. 6)
+    L_erun = −log Σ_{m∈Ψ⁺_i} exp(v_i·v_m/τ) / Σ_{j∈Ψ⁺_i∪Ψ⁻_i} exp(v_i·v_j/τ)             (Eq. 7)
+    L_cont = (L_raml + L_raun) + λ (L_erml + L_erun)                                 (Eq. 3)
+    L_grnd = max(t_e − ê, ŝ − t_s, 0)                                                 (Eq. 8)
+    L      = L_cont + γ L_grnd
+
+S is cosine similarity and "·" the normalised dot product (also a cosine). Choices where the paper is silent:
+- Each loss is averaged over the samples of the batch (the paper writes Σ_i): the scale of λ and γ then
+  does not depend on the batch size.
+- Ψ⁺_i are the samples sharing at least one cluster with i (a sample may belong to several clusters).
+  In Eq. 6 the keys are the batch's queries, i's own query included (it is in i's cluster). In Eq. 7 the
+  keys are the *other* samples' event features: i itself is left out of both sums (v_i·v_i/τ would be a
+  trivial positive), and a sample with no other positive in the batch is left out of the mean.
+- Across workers (`gather=True`): keys (queries, event features) and cluster ids of all ranks' batches
+  are gathered, as open_clip's ClipLoss does; the local batch keeps its gradient, the others are constants.
+- Representation pair (Table V): the inter-sample contrasts (Eq. 6–7) use the event feature v_ev by
+  default, or the partial clip's feature, or the whole video's v_vd. The intra-sample losses keep v_ev:
+  they are defined by the event/background/video split itself.
+- L_grnd is computed on normalised time (fractions of the video), like the detector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch.nn import functional as F
+
+REPRESENTATIONS = ("event", "clip", "video")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    alpha: float = 0.2  # margin of L_raml
+    beta: float = 0.2  # margin of L_raun
+    tau: float = 0.1  # temperature of L_erml, L_erun
+    lam: float = 1.0  # λ: weight of the inter-sample contrasts
+    gamma: float = 1.0  # γ: weight of L_grnd
+    use_raml: bool = True
+    use_raun: bool = True
+    use_erml: bool = True
+    use_erun: bool = True
+    representation: str = "event"
+    gather_across_workers: bool = False
+
+    def __post_init__(self):
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+
+
+def raml_loss(v_ev: torch.Tensor, v_vd: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 4, averaged over the batch."""
+    return F.relu(F.cosine_similarity(v_vd, q, dim=-1) - F.cosine_similarity(v_ev, q, dim=-1) + alpha).mean()
+
+
+def raun_loss(v_ev: torch.Tensor, v_bg: torch.Tensor, v_vd: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 5, averaged over the batch."""
+    return F.relu(F.cosine_similarity(v_ev, v_bg, dim=-1) - F.cosine_similarity(v_ev, v_vd, dim=-1) + beta).mean()
+
+
+def same_cluster(anchors: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(B, K) bool: anchor i and key j share at least one cluster. Memberships are (B, m) and (K, m) ids."""
+    return (anchors[:, None, :, None] == keys[None, :, None, :]).any(-1).any(-1)
+
+
+def _info_nce(similarity: torch.Tensor, positive: torch.Tensor, keep: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean over rows of −log Σ_pos exp(s/τ) / Σ_keep exp(s/τ); rows without a positive are skipped."""
+    logits = (similarity / tau).masked_fill(~keep, float("-inf"))
+    numerator = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    denominator = torch.logsumexp(logits, dim=1)
+    has_positive = (positive & keep).any(1)
+    if not has_positive.any():
+        return similarity.sum() * 0.0
+    return (denominator - numerator)[has_positive].mean()
+
+
+def gather_with_grad(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """All ranks' `x` concatenated in rank order; only this rank's slice carries gradient."""
+    import torch.distributed as dist
+
+    parts = [torch.zeros_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts)
+
+
+def inter_sample_losses(
+    v: torch.Tensor,
+    q: torch.Tensor,
+    clusters: torch.Tensor,
+    tau: float,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_erml, L_erun) of Eq. 6–7 for visual features `v` (B, D), queries `q` (B, D), clusters (B, m)."""
+    v_n, q_n = F.normalize(v, dim=-1), F.normalize(q, dim=-1)
+    keys_q, keys_v, key_clusters = q_n, v_n, clusters
+    if gather and world_size > 1:
+        keys_q = gather_with_grad(q_n, rank, world_size)
+        keys_v = gather_with_grad(v_n, rank, world_size)
+        key_clusters = gather_with_grad(clusters, rank, world_size)
+    offset = rank * v.shape[0] if gather and world_size > 1 else 0
+    positive = same_cluster(clusters, key_clusters)
+    everything = torch.ones_like(positive)
+    not_self = everything.clone()
+    not_self[torch.arange(v.shape[0]), offset + torch.arange(v.shape[0])] = False
+    erml = _info_nce(v_n @ keys_q.T, positive, everything, tau)
+    erun = _info_nce(v_n @ keys_v.T, positive & not_self, not_self, tau)
+    return erml, erun
+
+
+def grounding_loss(start: torch.Tensor, end: torch.Tensor, partial_start: torch.Tensor, partial_end: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: the partial label must lie inside the predicted event; averaged over the batch."""
+    return F.relu(torch.maximum(partial_end - end, start - partial_start)).mean()
+
+
+def implicit_loss(
+    config: LossConfig,
+    v_ev: torch.Tensor,
+    v_bg: torch.Tensor,
+    v_vd: torch.Tensor,
+    q: torch.Tensor,
+    v_clip: torch.Tensor | None,
+    clusters: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    partial_start: torch.Tensor,
+    partial_end: torch.Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 3 + γ·Eq. 8 with the switches of Table II; returns the total and every term as a plain float."""
+    zero = v_ev.sum() * 0.0
+    terms = {
+        "raml": raml_loss(v_ev, v_vd, q, config.alpha) if config.use_raml else zero,
+        "raun": raun_loss(v_ev, v_bg, v_vd, config.beta) if config.use_raun else zero,
+    }
+    if config.use_erml or config.use_erun:
+        visual = {"event": v_ev, "clip": v_clip, "video": v_vd}[config.representation]
+        if visual is None:
+            raise ValueError("representation 'clip' needs the partial clip's features (v_clip)")
+        erml, erun = inter_sample_losses(visual, q, clusters, config.tau, rank, world_size, config.gather_across_workers)
+        terms["erml"] = erml if config.use_erml else zero
+        terms["erun"] = erun if config.use_erun else zero
+    else:
+        terms["erml"] = terms["erun"] = zero
+    terms["cont"] = terms["raml"] + terms["raun"] + config.lam * (terms["erml"] + terms["erun"])
+    terms["grnd"] = grounding_loss(start, end, partial_start, partial_end)
+    total = terms["cont"] + config.gamma * terms["grnd"]
+    return total, {name: float(value.detach()) for name, value in {**terms, "total": total}.items()}

@@ -1,0 +1,178 @@
+"""Every equation of the implicit stage against a hand-computed value on a tiny case (paper Eq. 1–8)."""
+
+import math
+
+import pytest
+import torch
+
+from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig, plateau_mask, pool_event, step_centres
+from cu_scale.losses import (
+    LossConfig,
+    grounding_loss,
+    implicit_loss,
+    inter_sample_losses,
+    raml_loss,
+    raun_loss,
+    same_cluster,
+)
+
+sigmoid = lambda x: 1 / (1 + math.exp(-x))
+
+
+def test_plateau_mask_is_a_product_of_two_sigmoids():
+    centres = torch.tensor([[0.1, 0.5, 0.9, 1.3]])
+    valid = torch.tensor([[True, True, True, False]])
+    mask = plateau_mask(centres, torch.tensor([0.25]), torch.tensor([0.75]), torch.tensor(10.0), valid)
+    # m(0.1) = σ(10·(0.1−0.25))·σ(10·(0.75−0.1)) = σ(−1.5)·σ(6.5); m(0.5) = σ(2.5)²; padding → 0.
+    expected = [sigmoid(-1.5) * sigmoid(6.5), sigmoid(2.5) ** 2, sigmoid(-1.5) * sigmoid(6.5), 0.0]
+    assert mask[0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert expected[:2] == pytest.approx([0.182152, 0.854038], abs=1e-6)
+
+
+def test_step_centres_are_normalised_by_the_valid_steps():
+    assert step_centres(torch.tensor([4]), 5)[0].tolist() == pytest.approx([0.125, 0.375, 0.625, 0.875, 1.125])
+
+
+def test_event_background_and_video_features_eq2():
+    features = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])
+    valid = torch.tensor([[True, True, False]])  # T = 2 valid steps
+    mask = torch.tensor([[1.0, 0.5, 0.0]])
+    v_ev, v_bg, v_vd = pool_event(features, mask, valid)
+    # v_ev = (1·[1,0] + 0.5·[0,1]) / 2; v_bg = (0·[1,0] + 0.5·[0,1]) / 2; v_vd = ([1,0] + [0,1]) / 2
+    assert v_ev[0].tolist() == [0.5, 0.25] and v_bg[0].tolist() == [0.0, 0.25] and v_vd[0].tolist() == [0.5, 0.5]
+
+
+def test_raml_eq4():
+    v_vd = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    v_ev = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    q = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    # Row 1: S(vd,q) = 3/√10, S(ev,q) = 1/√5 → 3/√10 − 1/√5 + 0.2 = 0.701470. Row 2: 0 − 1/√2 + 0.2 < 0 → 0.
+    assert raml_loss(v_ev, v_vd, q, alpha=0.2).item() == pytest.approx((3 / math.sqrt(10) - 1 / math.sqrt(5) + 0.2) / 2, abs=1e-6)
+
+
+def test_raun_eq5():
+    v_ev, v_bg, v_vd = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]])
+    # S(ev,bg) = 1/√2, S(ev,vd) = 0 → 1/√2 + 0.1
+    assert raun_loss(v_ev, v_bg, v_vd, beta=0.1).item() == pytest.approx(1 / math.sqrt(2) + 0.1, abs=1e-6)
+
+
+V = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+Q = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+CLUSTERS = torch.tensor([[0], [0], [1]])
+
+
+def test_erml_eq6():
+    erml, _ = inter_sample_losses(V, Q, CLUSTERS, tau=1.0)
+    # Normalised: v1·q = [1,1,0], v2·q = [0,0,1], v3·q = [1/√2]*3; positives: samples 1,2 (cluster 0), 3 alone.
+    row1 = -math.log(2 * math.e / (2 * math.e + 1))
+    row2 = -math.log(2 / (2 + math.e))
+    row3 = math.log(3)
+    assert erml.item() == pytest.approx((row1 + row2 + row3) / 3, abs=1e-5)
+    assert erml.item() == pytest.approx(0.708586, abs=1e-5)
+
+
+def test_erun_eq7_leaves_self_out():
+    _, erun = inter_sample_losses(V, Q, CLUSTERS, tau=1.0)
+    # Sample 1: keys v2 (positive, cos 0) and v3 (negative, cos 1/√2) → log(1 + e^{1/√2}); sample 2 alike;
+    # sample 3 has no other positive: left out of the mean.
+    assert erun.item() == pytest.approx(math.log(1 + math.exp(1 / math.sqrt(2))), abs=1e-5)
+
+
+def test_temperature_scales_the_logits():
+    _, erun = inter_sample_losses(V, Q, CLUSTERS, tau=0.5)
+    assert erun.item() == pytest.approx(math.log(1 + math.exp(2 / math.sqrt(2))), abs=1e-5)
+
+
+def test_multiple_memberships_make_positives():
+    clusters = torch.tensor([[0, 5], [1, 5], [2, 3]])
+    assert same_cluster(clusters, clusters).tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+
+
+def test_grounding_eq8():
+    start, end = torch.tensor([0.3, 0.3, 0.3]), torch.tensor([0.6, 0.6, 0.6])
+    partial_start, partial_end = torch.tensor([0.4, 0.2, 0.65]), torch.tensor([0.4, 0.7, 0.65])
+    # max(t_e − ê, ŝ − t_s, 0): 0; max(0.1, 0.1) = 0.1; max(0.05, −0.35) = 0.05
+    assert grounding_loss(start, end, partial_start, partial_end).item() == pytest.approx(0.05, abs=1e-6)
+
+
+def _terms(config):
+    v_ev, v_bg, v_vd = V, torch.tensor([[1.0, 1.0]] * 3), torch.tensor([[0.0, 1.0]] * 3)
+    return implicit_loss(
+        config, v_ev, v_bg, v_vd, Q, None, CLUSTERS,
+        start=torch.tensor([0.3] * 3), end=torch.tensor([0.6] * 3),
+        partial_start=torch.tensor([0.4, 0.2, 0.65]), partial_end=torch.tensor([0.4, 0.7, 0.65]),
+    )
+
+
+def test_total_eq3_plus_gamma_eq8_and_switches():
+    config = LossConfig(alpha=0.2, beta=0.1, tau=1.0, lam=0.5, gamma=2.0)
+    total, terms = _terms(config)
+    assert terms["cont"] == pytest.approx(terms["raml"] + terms["raun"] + 0.5 * (terms["erml"] + terms["erun"]), abs=1e-6)
+    assert terms["total"] == pytest.approx(terms["cont"] + 2.0 * 0.05, abs=1e-6) and total.item() == pytest.approx(terms["total"])
+    assert terms["erml"] == pytest.approx(0.708586, abs=1e-5)
+    # Table II, row A3: L_raml and L_erml only.
+    _, a3 = _terms(LossConfig(alpha=0.2, beta=0.1, tau=1.0, lam=0.5, gamma=2.0, use_raun=False, use_erun=False))
+    assert a3["raun"] == 0 and a3["erun"] == 0 and a3["erml"] == pytest.approx(terms["erml"])
+    assert a3["cont"] == pytest.approx(terms["raml"] + 0.5 * terms["erml"], abs=1e-6)
+
+
+def test_representation_pair_swaps_the_inter_sample_features():
+    _, video = _terms(LossConfig(tau=1.0, representation="video"))
+    _, event = _terms(LossConfig(tau=1.0))
+    assert video["erml"] != pytest.approx(event["erml"])
+    with pytest.raises(ValueError, match="needs the partial clip"):
+        _terms(LossConfig(representation="clip"))
+    with pytest.raises(ValueError, match="representation must be one of"):
+        LossConfig(representation="frame")
+
+
+def test_gradients_reach_offset_width_and_mask_steepness():
+    torch.manual_seed(0)
+    model = ImplicitModel(ImplicitModelConfig(video_dim=12, word_dim=10, hidden_dim=16, heads=2, dropout=0.0))
+    batch, steps, words = 4, 9, 5
+    video_valid = torch.ones(batch, steps, dtype=torch.bool)
+    video_valid[0, 6:] = False
+    out = model(torch.randn(batch, steps, 12), video_valid, torch.randn(batch, words, 10), torch.ones(batch, words, dtype=torch.bool), torch.tensor([0.2, 0.4, 0.6, 0.8]))
+    out.offset.retain_grad()
+    out.width.retain_grad()
+    assert ((out.start >= 0) & (out.end <= 1) & (out.start <= out.end)).all()
+    assert (out.mask[0, 6:] == 0).all()
+    total, terms = implicit_loss(LossConfig(), out.v_ev, out.v_bg, out.v_vd, out.q, None, torch.tensor([[0], [0], [1], [1]]),
+                                 out.start, out.end, torch.tensor([0.1, 0.5, 0.6, 0.9]), torch.tensor([0.3, 0.5, 0.6, 0.9]))
+    total.backward()
+    assert out.offset.grad.abs().sum() > 0 and out.width.grad.abs().sum() > 0
+    assert model.steepness_raw.grad is not None and model.steepness_raw.grad.abs() > 0
+    assert all(isinstance(v, float) for v in terms.values())
+
+
+def _gathered_loss_on_rank(rank, world_size, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    v, q = torch.randn(8, 6), torch.randn(8, 6)
+    clusters = torch.tensor([[0], [0], [1], [1], [2], [2], [0], [1]])
+    local = slice(4 * rank, 4 * rank + 4)
+    v_local = v[local].clone().requires_grad_(True)
+    erml, erun = inter_sample_losses(v_local, q[local], clusters[local], tau=0.5, rank=rank, world_size=world_size, gather=True)
+    (erml + erun).backward()
+    torch.save({"erml": erml.item(), "erun": erun.item(), "grad": v_local.grad}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_contrasts_across_two_workers_equal_one_worker_on_the_whole_batch(tmp_path):
+    """Two gloo processes, each with half the batch and gather=True, give the one-process losses and gradients."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gathered_loss_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    v, q = torch.randn(8, 6), torch.randn(8, 6)
+    clusters = torch.tensor([[0], [0], [1], [1], [2], [2], [0], [1]])
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # Every row has a positive among the 8, so the full-batch mean is the mean of the two halves' means.
+    v_all = v.clone().requires_grad_(True)
+    erml, erun = inter_sample_losses(v_all, q, clusters, tau=0.5)
+    assert (ranks[0]["erml"] + ranks[1]["erml"]) / 2 == pytest.approx(erml.item(), abs=1e-5)
+    assert (ranks[0]["erun"] + ranks[1]["erun"]) / 2 == pytest.approx(erun.item(), abs=1e-5)
+    # The local rows keep their gradient through the gather.
+    assert all(r["grad"].shape == (4, 6) and r["grad"].abs().sum() > 0 for r in ranks)
