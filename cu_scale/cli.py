@@ -174,7 +174,7 @@ def _run_demo(args) -> int:
     from cu_scale.prepare import StoreOptions, prepare_demo
 
     out = pathlib.Path(args.out) / "store"
-    config = demo_config(str(out))
+    config = demo_config(str(out), args.out)
     started = time.perf_counter()
     prepare_demo(StoreOptions(out=str(out), max_steps=32, overwrite=True, progress=not args.quiet), num_videos=args.videos, seed=args.seed)
     print(describe_store(FeatureStore(out)))
@@ -253,6 +253,50 @@ def _print_clusters(summary: dict, store_path, config) -> None:
     print(f"  → {clusters_dir(FeatureStore(store_path), config.cluster)}")
 
 
+def _run_implicit(args) -> int:
+    from cu_scale.clustering import clusters_dir
+    from cu_scale.config import load_config
+    from cu_scale.implicit import train_implicit
+
+    config = load_config(args.config, _parse_overrides(args.set))
+    _start_ray()
+    directory = clusters_dir(FeatureStore(config.store), config.cluster)
+    if not (directory / "summary.json").exists():
+        raise FileNotFoundError(f"{directory} is missing: run `cu-scale cluster {args.config}` first")
+    started = time.perf_counter()
+    result = train_implicit(config.store, str(directory), config.implicit, config.batches, config.run_dir, config.encode.model, config.encode.max_tokens)
+    if result.error:
+        raise RuntimeError(f"implicit training failed: {result.error}")
+    metrics = result.metrics
+    terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss_"))
+    print(f"implicit     {metrics['epoch'] + 1} epoch(s) on {config.implicit.workers} worker(s) in {time.perf_counter() - started:.1f} s; last epoch: {terms}")
+    print(f"  checkpoint → {result.checkpoint.path}")
+    return 0
+
+
+def _print_metrics_table(table: dict[str, dict[str, float]]) -> None:
+    width = max(len(name) for name in table)
+    print(f"  {'':<{width}}  {'R@0.3':>7} {'R@0.5':>7} {'R@0.7':>7} {'mIoU':>7}")
+    for name, m in table.items():
+        print(f"  {name:<{width}}  {m['R@0.3']:>7.2f} {m['R@0.5']:>7.2f} {m['R@0.7']:>7.2f} {m['mIoU']:>7.2f}")
+
+
+def _run_pseudo_label(args) -> int:
+    from cu_scale.config import load_config
+    from cu_scale.implicit import latest_checkpoint
+    from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE, pseudo_label
+
+    config = load_config(args.config, _parse_overrides(args.set))
+    checkpoint = latest_checkpoint(config.run_dir)
+    _start_ray()
+    started = time.perf_counter()
+    result = pseudo_label(config.store, str(checkpoint), config.run_dir, config.encode.model, config.encode.actors, config.encode.max_tokens)
+    print(f"pseudo-label {result['rows']:,} training samples from {checkpoint.name} in {time.perf_counter() - started:.1f} s → {pathlib.Path(config.run_dir) / PSEUDO_LABELS_FILE}")
+    if result["metrics"]:
+        _print_metrics_table(result["metrics"])
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -305,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, text in (
         ("encode", _run_encode, "embed every query of the store with the sentence encoder (Ray Data actor pool; resumable)"),
         ("cluster", _run_cluster, "faiss k-means of the query embeddings into K clusters, m memberships per sample"),
+        ("implicit", _run_implicit, "train the implicit stage (Ray Train + DeepSpeed; resumes from the run's latest checkpoint)"),
+        ("pseudo-label", _run_pseudo_label, "run the trained event detector over the training set (Ray Data batch inference) and score it"),
     ):
         stage = commands.add_parser(name, help=text, description=text + ". Settings come from the YAML config (see configs/).")
         stage.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
@@ -321,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreRejectError as error:
         print(f"cu-scale: --strict: {error}", file=sys.stderr)
         return 1
-    except (AnnotationError, StoreError, ConfigError, ClusteringError, BatchingError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (AnnotationError, StoreError, RuntimeError, ConfigError, ClusteringError, BatchingError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"cu-scale: {error}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,8 @@ taken from the directory the command runs in.
     encode:  {model: null, actors: 1, batch_size: 256, max_tokens: 32, device: auto}
     cluster: {k: 256, memberships: 2, iterations: 20, max_points_per_centroid: 256, seed: 0, split: train}
     batches: {batch_size: 64, clusters_per_batch: 8, seed: 0}
+    run_dir: runs/charades                        # checkpoints and pseudo-labels
+    implicit: {epochs: 10, learning_rate: 0.001, workers: 1, zero_stage: 1, lam: 1.0, tau: 0.1, ...}
 """
 
 from __future__ import annotations
@@ -85,11 +87,52 @@ class BatchConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImplicitConfig:
+    """Training of the implicit stage (paper §II-D) and its losses (Eq. 3–8)."""
+
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    hidden_dim: int = 256
+    heads: int = 4
+    dropout: float = 0.1
+    workers: int = 1
+    zero_stage: int = 1
+    max_failures: int = 2  # restarts of the worker group from the latest checkpoint
+    # losses (Eq. 3–8)
+    alpha: float = 0.2
+    beta: float = 0.2
+    tau: float = 0.1
+    lam: float = 1.0
+    gamma: float = 1.0
+    use_raml: bool = True
+    use_raun: bool = True
+    use_erml: bool = True
+    use_erun: bool = True
+    representation: str = "event"
+    gather_across_workers: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _at_least(self, "epochs", 1)
+        _at_least(self, "workers", 1)
+        _at_least(self, "hidden_dim", 8)
+        _one_of(self, "zero_stage", (0, 1, 2))
+        _one_of(self, "representation", ("event", "clip", "video"))
+        if self.hidden_dim % self.heads:
+            raise ConfigError(f"heads: hidden_dim {self.hidden_dim} must be divisible by heads {self.heads}")
+        if self.tau <= 0 or self.learning_rate <= 0:
+            raise ConfigError(f"tau: tau and learning_rate must be > 0, got {self.tau} and {self.learning_rate}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     store: str
+    run_dir: str = "runs/default"  # checkpoints, pseudo-labels and reports of this run
     encode: EncodeConfig = EncodeConfig()
     cluster: ClusterConfig = ClusterConfig()
     batches: BatchConfig = BatchConfig()
+    implicit: ImplicitConfig = ImplicitConfig()
     source: str = "<config>"
 
 
@@ -98,6 +141,7 @@ def _build_section(cls, values, where: str):
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    values = dict(values)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -107,6 +151,8 @@ def _build_section(cls, values, where: str):
         expected = hints[name]
         allowed = typing.get_args(expected) or (expected,)
         allowed = tuple(type(None) if a is None else a for a in allowed)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = value = float(value)  # YAML reads "1" as an int; a float field takes it
         if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
             raise ConfigError(f"{where}.{name}: expected {' or '.join(a.__name__ for a in allowed)}, got {value!r}")
     try:
@@ -131,16 +177,18 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
             raw.setdefault(section, {})[field] = value
         else:
             raw[section] = value
-    sections = {"encode": EncodeConfig, "cluster": ClusterConfig, "batches": BatchConfig}
-    unknown = sorted(set(raw) - set(sections) - {"store"})
+    sections = {"encode": EncodeConfig, "cluster": ClusterConfig, "batches": BatchConfig, "implicit": ImplicitConfig}
+    unknown = sorted(set(raw) - set(sections) - {"store", "run_dir"})
     if unknown:
-        raise ConfigError(f"{path}: {unknown[0]}: unknown section (known: store, {', '.join(sections)})")
+        raise ConfigError(f"{path}: {unknown[0]}: unknown section (known: store, run_dir, {', '.join(sections)})")
     if not isinstance(raw.get("store"), str):
         raise ConfigError(f"{path}: store: the path of the feature store is required")
+    if not isinstance(raw.get("run_dir", ""), str):
+        raise ConfigError(f"{path}: run_dir: expected a path, got {raw['run_dir']!r}")
     built = {}
     for name, cls in sections.items():
         try:
             built[name] = _build_section(cls, raw.get(name), name)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
-    return RunConfig(store=raw["store"], source=str(path), **built)
+    return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), source=str(path), **built)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, RunConfig
+from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, ImplicitConfig, RunConfig
 from cu_scale.records import Event, Sample, Video
 
 
-def demo_config(store: str) -> RunConfig:
+def demo_config(store: str, run_dir: str) -> RunConfig:
     """The settings `cu-scale demo` runs with; configs/demo.yaml holds the same values (a test checks)."""
     return RunConfig(
         store=store,
+        run_dir=run_dir,
+        implicit=ImplicitConfig(epochs=6, hidden_dim=64, workers=1),
         encode=EncodeConfig(actors=1, batch_size=256),
         cluster=ClusterConfig(k=16, memberships=2),
         batches=BatchConfig(batch_size=32, clusters_per_batch=4),

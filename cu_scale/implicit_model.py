@@ -112,12 +112,13 @@ class ImplicitModel(nn.Module):
         self.words_to_video = CrossModalLayer(d, config.heads, config.dropout)
         self.detector_score = nn.Sequential(nn.Linear(d + config.offset_code_dim, d), nn.Tanh(), nn.Linear(d, 1))
         self.detector_head = nn.Sequential(nn.Linear(d + config.offset_code_dim, d), nn.GELU(), nn.Linear(d, 2))
-        # κ = softplus(κ_raw); start at the configured steepness.
-        self.steepness_raw = nn.Parameter(torch.tensor(math.log(math.expm1(config.initial_steepness))))
+        # κ = softplus(κ_raw); start at the configured steepness. Shape (1,), not (): DeepSpeed broadcasts
+        # parameters as bytes and cannot view a 0-d tensor that way.
+        self.steepness_raw = nn.Parameter(torch.tensor([math.log(math.expm1(config.initial_steepness))]))
 
     @property
     def steepness(self) -> torch.Tensor:
-        return F.softplus(self.steepness_raw)
+        return F.softplus(self.steepness_raw)[0]
 
     def forward(self, video, video_valid, words, words_valid, anchor) -> ImplicitOutput:
         """video (B, T, Dv), video_valid (B, T) bool, words (B, M, Dq), words_valid (B, M) bool, anchor t_c (B,) normalised."""

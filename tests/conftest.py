@@ -17,8 +17,12 @@ def datasets() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def local_ray():
     """One real local Ray for the tests that need it, torn down at the end of the session."""
+    import os
+
     import ray
 
+    # A worker group that cannot start retries forever by default: fail the test instead of hanging CI.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -1,0 +1,30 @@
+"""Grounding metrics, computed the standard way: one predicted span per query (R@1).
+
+    IoU((s, e), (s*, e*)) = max(0, min(e, e*) − max(s, s*)) / (max(e, e*) − min(s, s*))
+    R@m  = 100 · mean(IoU ≥ m)  for m ∈ {0.3, 0.5, 0.7}
+    mIoU = 100 · mean(IoU)
+
+A zero-length union (both spans the same instant) counts as IoU 1 when the spans coincide, else 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+THRESHOLDS = (0.3, 0.5, 0.7)
+
+
+def temporal_iou(pred_start, pred_end, gt_start, gt_end) -> np.ndarray:
+    pred_start, pred_end, gt_start, gt_end = (np.asarray(x, float) for x in (pred_start, pred_end, gt_start, gt_end))
+    inter = np.clip(np.minimum(pred_end, gt_end) - np.maximum(pred_start, gt_start), 0, None)
+    union = np.maximum(pred_end, gt_end) - np.minimum(pred_start, gt_start)
+    same = (pred_start == gt_start) & (pred_end == gt_end)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), same.astype(float))
+
+
+def grounding_metrics(iou: np.ndarray) -> dict[str, float]:
+    """R@0.3, R@0.5, R@0.7 and mIoU in percent."""
+    iou = np.asarray(iou, float)
+    metrics = {f"R@{m}": float(100 * np.mean(iou >= m)) for m in THRESHOLDS}
+    metrics["mIoU"] = float(100 * np.mean(iou))
+    return metrics

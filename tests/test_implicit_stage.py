@@ -1,0 +1,91 @@
+"""The implicit stage end to end on a tiny demo store through a real local Ray: Ray Train + DeepSpeed
+training, checkpoints and resume, a killed worker restarted from its checkpoint, pseudo-labels."""
+
+import json
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from cu_scale.cli import main
+from cu_scale.config import load_config
+from cu_scale.implicit import CHECKPOINT_META, latest_checkpoint, train_implicit
+from cu_scale.clustering import clusters_dir
+from cu_scale.store import FeatureStore
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, local_ray):
+    root = tmp_path_factory.mktemp("implicit")
+    assert main(["prepare", "demo", "--out", str(root / "store"), "--videos", "60", "--steps", "16", "--quiet"]) == 0
+    config = root / "run.yaml"
+    config.write_text(
+        f"store: {root / 'store'}\nrun_dir: {root / 'run'}\ncluster: {{k: 4, memberships: 2}}\n"
+        "batches: {batch_size: 16, clusters_per_batch: 2}\nimplicit: {epochs: 2, hidden_dim: 32, heads: 2}\n"
+    )
+    assert main(["encode", str(config), "--quiet"]) == 0 and main(["cluster", str(config)]) == 0
+    return root, config
+
+
+def _epoch_of(checkpoint: pathlib.Path) -> int:
+    return json.loads((checkpoint / CHECKPOINT_META).read_text())["epoch"]
+
+
+def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
+    root, config_path = tiny_run
+    started = time.perf_counter()
+    assert main(["implicit", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "implicit     2 epoch(s) on 1 worker(s)" in out
+    for term in ("raml", "raun", "erml", "erun", "cont", "grnd", "total"):
+        assert f" {term} " in out
+    assert _epoch_of(latest_checkpoint(root / "run")) == 1
+
+    # Restarted with more epochs, the same run resumes from its latest checkpoint: only epoch 2 is trained.
+    assert main(["implicit", str(config_path), "--set", "implicit.epochs=3"]) == 0
+    assert "implicit     3 epoch(s)" in capsys.readouterr().out
+    assert json.loads((latest_checkpoint(root / "run") / CHECKPOINT_META).read_text())["epoch"] == 2
+    assert _epoch_of(latest_checkpoint(root / "run")) == 2
+
+    assert main(["pseudo-label", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    table = pq.read_table(root / "run" / "pseudo_labels.parquet").to_pydict()
+    store = FeatureStore(root / "store")
+    assert len(table["sample_id"]) == store.manifest["counts"]["splits"]["train"]["samples"]
+    assert all(0 <= s <= e <= d + 1e-4 for s, e, d in zip(table["pseudo_start"], table["pseudo_end"], table["duration"]))
+    assert "pseudo-labels" in out and "partial label as is" in out and "partial widened to mean length" in out
+    assert time.perf_counter() - started < 240
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny_run, tmp_path):
+    import psutil
+
+    root, config_path = tiny_run
+    config = load_config(config_path, {"implicit.epochs": 16})
+    store = FeatureStore(config.store)
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.update(fit=train_implicit(config.store, str(clusters_dir(store, config.cluster)), config.implicit, config.batches, str(tmp_path)))
+    )
+    thread.start()
+    deadline = time.time() + 180
+    # Ray Train's controller collects the workers' reports by polling them: a report still queued in the
+    # killed worker is lost with it. Wait for three checkpoints and a moment, so that some are registered.
+    while time.time() < deadline and len(list((tmp_path / "implicit").glob("checkpoint_2*"))) < 3:
+        time.sleep(0.1)
+    assert len(list((tmp_path / "implicit").glob("checkpoint_2*"))) >= 3, "no checkpoints before the deadline"
+    time.sleep(2)
+    workers = [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])]
+    assert len(workers) == 1, [w.info["cmdline"] for w in workers]
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    fit = result["fit"]
+    assert fit.error is None and fit.metrics["epoch"] == 15
+    # The restarted worker group started from a checkpoint, not from scratch.
+    assert fit.metrics["resumed_from_epoch"] >= 1
+    assert _epoch_of(latest_checkpoint(tmp_path)) == 15
