@@ -11,52 +11,22 @@ How an epoch is planned, per worker, from the (small) sample → cluster table o
    groups (large clusters drain at the same pace as small ones), and one group is taken from each. When
    fewer than N clusters still have groups, the batch is completed with fresh groups of other clusters.
 All draws come from one generator seeded by (seed, epoch, rank): the same seed gives the same batches,
-and each epoch reshuffles. The planner holds integers only (sample positions), never features, and each
-worker plans over its own shards, so nothing is collected on the driver.
+and each epoch reshuffles. The planner holds integers only (sample positions), never features; each
+training worker plans over the samples of its own Ray Data shard (`cu_scale.implicit.worker_loop`), so
+nothing is collected on the driver.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterator
 
 import numpy as np
 
-from cu_scale.config import BatchConfig, ClusterConfig
-from cu_scale.store import FeatureStore
+from cu_scale.config import BatchConfig
 
 
 class BatchingError(ValueError):
     pass
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerPartition:
-    """What one worker trains on: its store shards and, per sample, its clusters (nearest first)."""
-
-    shard_indices: tuple[int, ...]
-    sample_ids: list[str]
-    clusters: np.ndarray  # (n, m) int
-
-    @property
-    def nearest(self) -> np.ndarray:
-        return self.clusters[:, 0]
-
-
-def worker_partition(store: FeatureStore, clusters: ClusterConfig, rank: int, world_size: int) -> WorkerPartition:
-    """Shards rank, rank + world_size, ... of the clustered split: each worker reads only its own."""
-    from cu_scale.clustering import read_assignments
-
-    shards = [i for i, shard in enumerate(store.shards) if shard["splits"].get(clusters.split)]
-    mine = shards[rank::world_size]
-    if not mine:
-        raise BatchingError(f"worker {rank} of {world_size} gets no shard: the store has {len(shards)} shard(s) with split {clusters.split!r}")
-    sample_ids, rows = [], []
-    for index in mine:
-        ids, assignment = read_assignments(store, clusters, index)
-        sample_ids += ids
-        rows.append(assignment)
-    return WorkerPartition(tuple(mine), sample_ids, np.concatenate(rows))
 
 
 def plan_epoch(nearest: np.ndarray, config: BatchConfig, epoch: int, rank: int = 0) -> Iterator[np.ndarray]:

@@ -73,6 +73,7 @@ def worker_loop(config: dict):
     data = _collect_shard(ray.train.get_dataset_shard("train"))
     clusters = _clusters_for(data["sample_id"], config["clusters_dir"])
     words, words_valid = QueryEncoder(config["text_model"], max_tokens=config["max_tokens"]).encode_words(list(data["query"]))
+    words = words.astype(np.float16)  # frozen features: half the memory, cast back per batch
     duration = data["duration"].astype(np.float32)
     anchor = ((data["partial_start"] + data["partial_end"]) / 2 / duration).astype(np.float32)
     partial_start = (data["partial_start"] / duration).astype(np.float32)

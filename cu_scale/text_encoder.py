@@ -50,10 +50,15 @@ class QueryEncoder:
             hidden = self.model(**batch).last_hidden_state
         return hidden, batch["attention_mask"]
 
-    def encode_words(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token features ``(n, max_tokens, D)`` float32 and mask ``(n, max_tokens)`` bool."""
-        hidden, mask = self._hidden(queries, fixed_length=True)
-        return hidden.float().cpu().numpy(), mask.bool().cpu().numpy()
+    def encode_words(self, queries: list[str], batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Token features ``(n, max_tokens, D)`` float32 and mask ``(n, max_tokens)`` bool, `batch_size` queries a pass."""
+        features = np.zeros((len(queries), self.max_tokens, self.dim), np.float32)
+        mask = np.zeros((len(queries), self.max_tokens), bool)
+        for start in range(0, len(queries), batch_size):
+            hidden, valid = self._hidden(queries[start : start + batch_size], fixed_length=True)
+            features[start : start + batch_size] = hidden.float().cpu().numpy()
+            mask[start : start + batch_size] = valid.bool().cpu().numpy()
+        return features, mask
 
     def encode_sentences(self, queries: list[str]) -> np.ndarray:
         """One L2-normalised embedding per query, ``(n, D)`` float32."""

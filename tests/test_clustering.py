@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cu_scale.batching import plan_epoch, worker_partition
+from cu_scale.batching import plan_epoch
 from cu_scale.cli import main
 from cu_scale.clustering import ClusteringError, read_assignments, train_kmeans
 from cu_scale.config import ClusterConfig, load_config
@@ -79,15 +79,13 @@ def test_encode_is_resumable_and_cluster_writes_assignments(demo_run, capsys):
     assert np.mean(same) > 0.5
 
 
-def test_worker_partitions_and_batches_from_the_store(demo_run):
+def test_batches_planned_from_the_store_cover_the_training_split(demo_run):
     root, config_path = demo_run
     config = load_config(config_path)
     store = FeatureStore(root / "store")
     if not (root / "store" / "clusters" / "train-K8-m2" / "summary.json").exists():
         assert main(["encode", str(config_path), "--quiet"]) == 0 and main(["cluster", str(config_path)]) == 0
-    partition = worker_partition(store, config.cluster, rank=0, world_size=1)
-    assert len(partition.sample_ids) == store.manifest["counts"]["splits"]["train"]["samples"]
-    batches = list(plan_epoch(partition.nearest, config.batches, epoch=0))
-    assert set(np.concatenate(batches)) == set(range(len(partition.sample_ids)))
-    with pytest.raises(ValueError, match="worker 1 of 2 gets no shard"):
-        worker_partition(store, config.cluster, rank=1, world_size=2)
+    nearest = np.concatenate([read_assignments(store, config.cluster, i)[1][:, 0] for i in range(len(store.shards))])
+    assert len(nearest) == store.manifest["counts"]["splits"]["train"]["samples"]
+    batches = list(plan_epoch(nearest, config.batches, epoch=0))
+    assert set(np.concatenate(batches)) == set(range(len(nearest)))
