@@ -16,7 +16,6 @@ import tempfile
 import time
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cu_scale.records import Sample, Video

@@ -232,7 +232,7 @@ def _run_encode(args) -> int:
 
 
 def _run_cluster(args) -> int:
-    from cu_scale.clustering import cluster_store, clusters_dir
+    from cu_scale.clustering import cluster_store
     from cu_scale.config import load_config
 
     config = load_config(args.config, _parse_overrides(args.set))

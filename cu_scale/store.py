@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cu_scale.features import pad_with_mask
-from cu_scale.records import PARTIAL_KINDS, Sample
+from cu_scale.records import Sample
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
