@@ -98,11 +98,8 @@ def worker_loop(config: dict):
             "gradient_clipping": 1.0,
         },
     )
-    losses = LossConfig(
-        alpha=settings.alpha, beta=settings.beta, tau=settings.tau, lam=settings.lam, gamma=settings.gamma,
-        use_raml=settings.use_raml, use_raun=settings.use_raun, use_erml=settings.use_erml, use_erun=settings.use_erun,
-        representation=settings.representation, gather_across_workers=settings.gather_across_workers,
-    )
+    # The run config carries the loss settings under the same names as LossConfig's fields.
+    losses = LossConfig(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(LossConfig)})
 
     first_epoch = 0
     checkpoint = ray.train.get_checkpoint()
