@@ -72,7 +72,7 @@ class ClusterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BatchConfig:
-    batch_size: int = 64  # B
+    batch_size: int = 64  # B, the global batch (all workers together)
     clusters_per_batch: int = 8  # N: a batch holds N clusters × B/N samples
     seed: int = 0
 
@@ -85,23 +85,42 @@ class BatchConfig:
                 f" a batch holds N clusters × B/N samples (try B={self.batch_size - self.batch_size % self.clusters_per_batch})"
             )
 
+    def per_worker(self, workers: int) -> "BatchConfig":
+        """Each of W data-parallel workers' share of the global batch: N/W clusters × B/N samples.
+
+        B and N describe the *global* batch, so one worker and several train the same way: the same
+        number of optimizer steps per epoch, and (with `implicit.gather_across_workers`) the same B
+        samples in every contrast.
+        """
+        if self.clusters_per_batch % workers:
+            raise ConfigError(
+                f"clusters_per_batch: N={self.clusters_per_batch} clusters of the global batch cannot be split evenly over {workers} workers"
+            )
+        return dataclasses.replace(self, batch_size=self.batch_size // workers, clusters_per_batch=self.clusters_per_batch // workers)
+
 
 @dataclasses.dataclass(frozen=True)
 class ImplicitConfig:
     """Training of the implicit stage (paper §II-D) and its losses (Eq. 3–8)."""
 
     epochs: int = 10
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
+    lr_schedule: str = "cosine"  # "cosine" (5% linear warm-up, then cosine to 0) or "constant"
     weight_decay: float = 0.01
     hidden_dim: int = 256
     heads: int = 4
     dropout: float = 0.1
+    contrast_features: str = "unimodal"  # what Eq. 2 pools: "unimodal" or "fused" (cu_scale.implicit_model explains)
     workers: int = 1
     zero_stage: int = 1
     max_failures: int = 2  # restarts of the worker group from the latest checkpoint
     # losses (Eq. 3–8)
+    # The paper gives no margins. While a hinge is active its gradient does not depend on the margin, so the
+    # margins only matter once most samples satisfy them; then β sets how hard L_raun pushes the event to
+    # cover all of its content. With β = 0.2 predicted events stayed 20% short of the true moments on
+    # simulated Charades-STA (mean 6.6 s against 8.2 s, pseudo-label mIoU 60.5); β = 0.5 gave 9.4 s and 65.4.
     alpha: float = 0.2
-    beta: float = 0.2
+    beta: float = 0.5
     tau: float = 0.1
     lam: float = 1.0
     gamma: float = 1.0
@@ -119,6 +138,8 @@ class ImplicitConfig:
         _at_least(self, "hidden_dim", 8)
         _one_of(self, "zero_stage", (0, 1, 2))
         _one_of(self, "representation", ("event", "clip", "video"))
+        _one_of(self, "contrast_features", ("unimodal", "fused"))
+        _one_of(self, "lr_schedule", ("cosine", "constant"))
         if self.hidden_dim % self.heads:
             raise ConfigError(f"heads: hidden_dim {self.hidden_dim} must be divisible by heads {self.heads}")
         if self.tau <= 0 or self.learning_rate <= 0:
@@ -191,4 +212,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
             built[name] = _build_section(cls, raw.get(name), name)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
+    try:
+        built["batches"].per_worker(built["implicit"].workers)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: batches.{error} (implicit.workers)") from None
     return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), source=str(path), **built)

@@ -36,7 +36,7 @@ REPRESENTATIONS = ("event", "clip", "video")
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     alpha: float = 0.2  # margin of L_raml
-    beta: float = 0.2  # margin of L_raun
+    beta: float = 0.5  # margin of L_raun (cu_scale.config.ImplicitConfig says why)
     tau: float = 0.1  # temperature of L_erml, L_erun
     lam: float = 1.0  # λ: weight of the inter-sample contrasts
     gamma: float = 1.0  # γ: weight of L_grnd

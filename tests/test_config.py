@@ -2,13 +2,18 @@
 
 import pytest
 
-from cu_scale.config import ConfigError, load_config
+from cu_scale.config import BatchConfig, ConfigError, load_config
 
 
 def _write(tmp_path, text):
     path = tmp_path / "run.yaml"
     path.write_text(text)
     return path
+
+
+def test_the_global_batch_is_shared_by_the_workers():
+    assert BatchConfig(batch_size=64, clusters_per_batch=8).per_worker(2) == BatchConfig(batch_size=32, clusters_per_batch=4)
+    assert BatchConfig(batch_size=64, clusters_per_batch=8).per_worker(1) == BatchConfig(batch_size=64, clusters_per_batch=8)
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -29,6 +34,9 @@ def test_defaults_and_overrides(tmp_path):
         ("store: s\nbatches: {batch_size: 30, clusters_per_batch: 4}\n", "batches.batch_size: B=30 is not divisible"),
         ("store: s\nencode: {device: tpu}\n", "encode.device: must be one of"),
         ("store: s\ntraining: {}\n", "training: unknown section"),
+        ("store: s\nimplicit: {contrast_features: both}\n", "implicit.contrast_features: must be one of"),
+        ("store: s\nimplicit: {lr_schedule: step}\n", "implicit.lr_schedule: must be one of"),
+        ("store: s\nbatches: {clusters_per_batch: 8}\nimplicit: {workers: 3}\n", "batches.clusters_per_batch: N=8 clusters of the global batch cannot be split evenly over 3 workers"),
         ("store: s\ncluster: [1, 2]\n", "cluster: expected a mapping"),
         ("store: s\ncluster: {k: 4\n", ":3: not valid YAML"),
     ],

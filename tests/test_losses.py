@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig, plateau_mask, pool_event, step_centres
+from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig, plateau_mask, pool_clip, pool_event, step_centres
 from cu_scale.losses import (
     LossConfig,
     grounding_loss,
@@ -124,6 +124,32 @@ def test_representation_pair_swaps_the_inter_sample_features():
         _terms(LossConfig(representation="clip"))
     with pytest.raises(ValueError, match="representation must be one of"):
         LossConfig(representation="frame")
+
+
+def test_clip_feature_is_the_mean_of_the_steps_the_partial_label_covers():
+    features = torch.tensor([[[1.0], [2.0], [4.0], [8.0]]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    centres = step_centres(valid.sum(1), 4)  # 0.125, 0.375, 0.625, 0.875; half a step is 0.125
+    # A single frame at 0.5 reaches the centres within half a step: 0.375 and 0.625.
+    assert pool_clip(features, centres, valid, torch.tensor([0.5]), torch.tensor([0.5])).item() == pytest.approx(3.0)
+    # A single frame at 0.1 covers the first step only; a clip from 0.3 to 0.9 covers the last three.
+    assert pool_clip(features, centres, valid, torch.tensor([0.1]), torch.tensor([0.1])).item() == pytest.approx(1.0)
+    assert pool_clip(features, centres, valid, torch.tensor([0.3]), torch.tensor([0.9])).item() == pytest.approx(14 / 3)
+
+
+@pytest.mark.parametrize("contrast_features, query_blind", [("unimodal", True), ("fused", False)])
+def test_only_unimodal_contrast_features_are_blind_to_the_query(contrast_features, query_blind):
+    torch.manual_seed(0)
+    model = ImplicitModel(ImplicitModelConfig(video_dim=12, word_dim=10, hidden_dim=16, heads=2, dropout=0.0, contrast_features=contrast_features)).eval()
+    video, valid = torch.randn(2, 9, 12), torch.ones(2, 9, dtype=torch.bool)
+    words_valid, anchor = torch.ones(2, 5, dtype=torch.bool), torch.tensor([0.3, 0.6])
+    one = model(video, valid, torch.randn(2, 5, 10), words_valid, anchor)
+    other = model(video, valid, torch.randn(2, 5, 10), words_valid, anchor)
+    # v_vd pools every step with weight 1: it changes with the query only if the steps have seen the query.
+    assert torch.allclose(one.v_vd, other.v_vd) == query_blind
+    assert not torch.allclose(one.start, other.start)  # the detector reads the fused features either way
+    with pytest.raises(ValueError, match="contrast_features must be one of"):
+        ImplicitModelConfig(video_dim=1, word_dim=1, contrast_features="both")
 
 
 def test_gradients_reach_offset_width_and_mask_steepness():
