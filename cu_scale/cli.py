@@ -10,6 +10,7 @@ import json
 import logging
 import pathlib
 import resource
+import shutil
 import sys
 import time
 
@@ -168,7 +169,7 @@ def _run_store_info(args) -> int:
 
 
 def _run_demo(args) -> int:
-    from cu_scale.clustering import cluster_store
+    from cu_scale.clustering import cluster_store, clusters_dir
     from cu_scale.demo import demo_config
     from cu_scale.encode import encode_store
     from cu_scale.prepare import StoreOptions, prepare_demo
@@ -181,8 +182,12 @@ def _run_demo(args) -> int:
     _start_ray()
     encoded = encode_store(out, config.encode, progress=not args.quiet)
     print(f"encode       {encoded['encoded_samples']:,} queries with {pathlib.Path(encoded['model']).parent.name}, dim {encoded['dim']}")
-    _print_clusters(cluster_store(out, config.cluster), out, config)
-    print(f"demo ready in {time.perf_counter() - started:.1f} s under {args.out}; next: cu-scale implicit configs/demo.yaml (in progress, see README)")
+    summary = cluster_store(out, config.cluster)
+    _print_clusters(summary, out, config)
+    # The store was just rebuilt: checkpoints of an earlier demo belong to another corpus and must not be resumed.
+    shutil.rmtree(pathlib.Path(args.out) / "implicit", ignore_errors=True)
+    _train_and_label(config, clusters_dir(FeatureStore(out), config.cluster), progress=not args.quiet)
+    print(f"demo ready in {time.perf_counter() - started:.1f} s under {args.out}")
     return 0
 
 
@@ -256,22 +261,46 @@ def _print_clusters(summary: dict, store_path, config) -> None:
 def _run_implicit(args) -> int:
     from cu_scale.clustering import clusters_dir
     from cu_scale.config import load_config
-    from cu_scale.implicit import train_implicit
 
     config = load_config(args.config, _parse_overrides(args.set))
     _start_ray()
     directory = clusters_dir(FeatureStore(config.store), config.cluster)
     if not (directory / "summary.json").exists():
         raise FileNotFoundError(f"{directory} is missing: run `cu-scale cluster {args.config}` first")
+    _train(config, directory, progress=not args.quiet)
+    return 0
+
+
+def _train(config, clusters_directory, progress: bool) -> None:
+    from cu_scale.implicit import train_implicit
+
     started = time.perf_counter()
-    result = train_implicit(config.store, str(directory), config.implicit, config.batches, config.run_dir, config.encode.model, config.encode.max_tokens)
+    result = train_implicit(
+        config.store, str(clusters_directory), config.implicit, config.batches, config.run_dir, config.encode.model, config.encode.max_tokens, progress=progress
+    )
     if result.error:
         raise RuntimeError(f"implicit training failed: {result.error}")
     metrics = result.metrics
     terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss_"))
     print(f"implicit     {metrics['epoch'] + 1} epoch(s) on {config.implicit.workers} worker(s) in {time.perf_counter() - started:.1f} s; last epoch: {terms}")
     print(f"  checkpoint → {result.checkpoint.path}")
-    return 0
+
+
+def _label(config) -> None:
+    from cu_scale.implicit import latest_checkpoint
+    from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE, pseudo_label
+
+    checkpoint = latest_checkpoint(config.run_dir)
+    started = time.perf_counter()
+    result = pseudo_label(config.store, str(checkpoint), config.run_dir, config.encode.model, config.encode.actors, config.encode.max_tokens)
+    print(f"pseudo-label {result['rows']:,} training samples from {checkpoint.name} in {time.perf_counter() - started:.1f} s → {pathlib.Path(config.run_dir) / PSEUDO_LABELS_FILE}")
+    if result["metrics"]:
+        _print_metrics_table(result["metrics"])
+
+
+def _train_and_label(config, clusters_directory, progress: bool) -> None:
+    _train(config, clusters_directory, progress)
+    _label(config)
 
 
 def _print_metrics_table(table: dict[str, dict[str, float]]) -> None:
@@ -284,16 +313,29 @@ def _print_metrics_table(table: dict[str, dict[str, float]]) -> None:
 def _run_pseudo_label(args) -> int:
     from cu_scale.config import load_config
     from cu_scale.implicit import latest_checkpoint
-    from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE, pseudo_label
 
     config = load_config(args.config, _parse_overrides(args.set))
-    checkpoint = latest_checkpoint(config.run_dir)
+    latest_checkpoint(config.run_dir)  # fail before starting Ray when there is nothing to label with
+    _start_ray()
+    _label(config)
+    return 0
+
+
+def _run_ablate(args) -> int:
+    from cu_scale.ablation import format_table, row_directory, run_ablation
+    from cu_scale.clustering import clusters_dir
+    from cu_scale.config import load_config
+
+    config = load_config(args.config, _parse_overrides(args.set))
+    directory = clusters_dir(FeatureStore(config.store), config.cluster)
+    if not (directory / "summary.json").exists():
+        raise FileNotFoundError(f"{directory} is missing: run `cu-scale cluster {args.config}` first")
     _start_ray()
     started = time.perf_counter()
-    result = pseudo_label(config.store, str(checkpoint), config.run_dir, config.encode.model, config.encode.actors, config.encode.max_tokens)
-    print(f"pseudo-label {result['rows']:,} training samples from {checkpoint.name} in {time.perf_counter() - started:.1f} s → {pathlib.Path(config.run_dir) / PSEUDO_LABELS_FILE}")
-    if result["metrics"]:
-        _print_metrics_table(result["metrics"])
+    rows = args.rows.split(",") if args.rows else None
+    results = run_ablation(config, directory, rows, on_row=lambda row, m: print(f"ablation {row}: pseudo-label mIoU {m['mIoU']:.2f} ({row_directory(config, row)})", flush=True), progress=not args.quiet)
+    print(f"Table II: pseudo-label quality with subsets of the four contrasts ({time.perf_counter() - started:.0f} s)")
+    print(format_table(results))
     return 0
 
 
@@ -308,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="the embedded default: build the demo corpus (no files needed), encode and cluster its queries")
+    demo = commands.add_parser("demo", help="the embedded default: build the demo corpus (no files needed), encode and cluster its queries, train the implicit stage and pseudo-label")
     demo.add_argument("--out", default=DEMO_DIR, help=f"run directory (default {DEMO_DIR})")
     demo.add_argument("--videos", type=int, default=240, help="number of demo videos (default 240)")
     demo.add_argument("--seed", type=int, default=0)
@@ -351,11 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("cluster", _run_cluster, "faiss k-means of the query embeddings into K clusters, m memberships per sample"),
         ("implicit", _run_implicit, "train the implicit stage (Ray Train + DeepSpeed; resumes from the run's latest checkpoint)"),
         ("pseudo-label", _run_pseudo_label, "run the trained event detector over the training set (Ray Data batch inference) and score it"),
+        ("ablate", _run_ablate, "paper Table II: train and pseudo-label with subsets of the four contrasts (rows A1-A6) and print the table"),
     ):
         stage = commands.add_parser(name, help=text, description=text + ". Settings come from the YAML config (see configs/).")
         stage.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
         stage.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set cluster.k=64")
         stage.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "ablate":
+            stage.add_argument("--rows", help="comma-separated rows to run (default: A1,A2,A3,A4,A5,A6); finished rows are reused")
         stage.set_defaults(run=run)
     return parser
 
