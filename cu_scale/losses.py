@@ -16,7 +16,11 @@ S is cosine similarity and "·" the normalised dot product (also a cosine). Choi
   keys are the *other* samples' event features: i itself is left out of both sums (v_i·v_i/τ would be a
   trivial positive), and a sample with no other positive in the batch is left out of the mean.
 - Across workers (`gather=True`): keys (queries, event features) and cluster ids of all ranks' batches
-  are gathered, as open_clip's ClipLoss does; the local batch keeps its gradient, the others are constants.
+  are gathered, as open_clip's ClipLoss does with gather_with_grad: through autograd, so each key also gets
+  the gradient of the other ranks' anchors. After the data-parallel gradient average, W workers with B/W
+  samples each then compute exactly the gradient of one worker on all B. (Treating the other ranks' keys
+  as constants loses that part: on simulated Charades-STA two workers reached pseudo-label mIoU 66.0
+  against 69.0–70.1 for one.)
 - Representation pair (Table V): the inter-sample contrasts (Eq. 6–7) use the event feature v_ev by
   default, or the partial clip's feature, or the whole video's v_vd. The intra-sample losses keep v_ev:
   they are defined by the event/background/video split itself.
@@ -81,12 +85,16 @@ def _info_nce(similarity: torch.Tensor, positive: torch.Tensor, keep: torch.Tens
 
 
 def gather_with_grad(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """All ranks' `x` concatenated in rank order; only this rank's slice carries gradient."""
+    """All ranks' `x` concatenated in rank order. A float `x` is gathered through autograd: the gradient
+    every rank's loss puts on a key flows back to the rank that owns the key (ids are gathered plainly)."""
     import torch.distributed as dist
 
+    if x.is_floating_point():
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x.contiguous()))
     parts = [torch.zeros_like(x) for _ in range(world_size)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
+    dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
 
 
