@@ -20,7 +20,7 @@ def demo_config(store: str, run_dir: str) -> RunConfig:
     return RunConfig(
         store=store,
         run_dir=run_dir,
-        implicit=ImplicitConfig(epochs=6, hidden_dim=64, workers=1),
+        implicit=ImplicitConfig(epochs=40, hidden_dim=64, workers=1),
         encode=EncodeConfig(actors=1, batch_size=256),
         cluster=ClusterConfig(k=16, memberships=2),
         batches=BatchConfig(batch_size=32, clusters_per_batch=4),

@@ -123,7 +123,7 @@ def test_demo_builds_encodes_clusters_trains_and_labels(tmp_path, capsys, local_
     assert set(store.manifest["counts"]["splits"]) == {"train", "test"}
     out = capsys.readouterr().out
     assert "demo ready" in out and "encode       437 queries" in out and "cluster      334 train queries into K=16" in out
-    assert "implicit     6 epoch(s) on 1 worker(s)" in out and "pseudo-label 334 training samples" in out
+    assert "implicit     40 epoch(s) on 1 worker(s)" in out and "pseudo-label 334 training samples" in out
     assert (tmp_path / "pseudo_labels.parquet").exists()
     assert main(["store", "info", str(tmp_path / "store"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["schema_version"] == 1
