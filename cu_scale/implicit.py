@@ -188,8 +188,11 @@ def _watch_epochs(run_dir: str, epochs: int, stop: threading.Event) -> None:
         found = []
         for meta in sorted((pathlib.Path(run_dir) / "implicit").glob(f"checkpoint_2*/{CHECKPOINT_META}")):
             if str(meta) not in seen:
+                try:
+                    found.append(json.loads(meta.read_text()))
+                except (json.JSONDecodeError, OSError):
+                    continue  # still being copied into place: read it on the next poll
                 seen.add(str(meta))
-                found.append(json.loads(meta.read_text()))
         return found
 
     done = max((m["epoch"] + 1 for m in new_epochs()), default=0)
