@@ -169,7 +169,7 @@ def worker_loop(config: dict):
         with tempfile.TemporaryDirectory() as directory:
             engine.save_checkpoint(directory)
             if rank == 0:
-                meta = {"epoch": epoch, "epochs": settings.epochs, "model": dataclasses.asdict(model.config), "metrics": metrics}
+                meta = {"epoch": epoch, "model": dataclasses.asdict(model.config), "metrics": metrics}
                 (pathlib.Path(directory) / CHECKPOINT_META).write_text(json.dumps(meta))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
