@@ -34,7 +34,8 @@ def row_directory(config: RunConfig, row: str) -> pathlib.Path:
 
 def run_ablation(config: RunConfig, clusters_dir: str | os.PathLike, rows: list[str] | None = None, on_row=None, progress: bool = False) -> dict[str, dict[str, float]]:
     """Train and pseudo-label every row; returns {row: pseudo-label metrics}. `on_row(row, metrics)` is told of each."""
-    from cu_scale.implicit import latest_checkpoint, train_implicit
+    from cu_scale.implicit import train_implicit
+    from cu_scale.training import latest_checkpoint
     from cu_scale.pseudo_labels import pseudo_label
 
     rows = list(rows or ROWS)
@@ -51,7 +52,7 @@ def run_ablation(config: RunConfig, clusters_dir: str | os.PathLike, rows: list[
             fit = train_implicit(config.store, str(clusters_dir), settings, config.batches, str(directory), config.encode.model, config.encode.max_tokens, progress=progress)
             if fit.error:
                 raise RuntimeError(f"ablation row {row}: implicit training failed: {fit.error}")
-            labelled = pseudo_label(config.store, str(latest_checkpoint(directory)), directory, config.encode.model, config.encode.actors, config.encode.max_tokens)
+            labelled = pseudo_label(config.store, str(latest_checkpoint(directory / "implicit")), directory, config.encode.model, config.encode.actors, config.encode.max_tokens)
             if labelled["metrics"] is None:
                 raise ValueError(f"{config.store}: the training split has no ground truth, so pseudo-labels cannot be scored")
             metrics_file.write_text(json.dumps(labelled["metrics"]["pseudo-labels"], indent=2))

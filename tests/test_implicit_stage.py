@@ -13,7 +13,8 @@ import pytest
 
 from cu_scale.cli import main
 from cu_scale.config import load_config
-from cu_scale.implicit import CHECKPOINT_META, latest_checkpoint, train_implicit
+from cu_scale.implicit import train_implicit
+from cu_scale.training import CHECKPOINT_META, latest_checkpoint
 from cu_scale.clustering import clusters_dir
 from cu_scale.store import FeatureStore
 
@@ -43,13 +44,13 @@ def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
     assert "implicit     2 epoch(s) on 1 worker(s)" in out
     for term in ("raml", "raun", "erml", "erun", "cont", "grnd", "total"):
         assert f" {term} " in out
-    assert _epoch_of(latest_checkpoint(root / "run")) == 1
+    assert _epoch_of(latest_checkpoint(root / "run" / "implicit")) == 1
 
     # Restarted with more epochs, the same run resumes from its latest checkpoint: only epoch 2 is trained.
     assert main(["implicit", str(config_path), "--set", "implicit.epochs=3"]) == 0
     assert "implicit     3 epoch(s)" in capsys.readouterr().out
-    assert json.loads((latest_checkpoint(root / "run") / CHECKPOINT_META).read_text())["epoch"] == 2
-    assert _epoch_of(latest_checkpoint(root / "run")) == 2
+    assert json.loads((latest_checkpoint(root / "run" / "implicit") / CHECKPOINT_META).read_text())["epoch"] == 2
+    assert _epoch_of(latest_checkpoint(root / "run" / "implicit")) == 2
 
     assert main(["pseudo-label", str(config_path)]) == 0
     out = capsys.readouterr().out
@@ -89,7 +90,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny_run, tmp_pat
     assert fit.error is None and fit.metrics["epoch"] == 15
     # The restarted worker group started from a checkpoint, not from scratch.
     assert fit.metrics["resumed_from_epoch"] >= 1
-    assert _epoch_of(latest_checkpoint(tmp_path)) == 15
+    assert _epoch_of(latest_checkpoint(tmp_path / "implicit")) == 15
 
 
 def test_ablate_prints_table_ii_rows_and_reuses_finished_rows(tiny_run, capsys):
@@ -120,4 +121,4 @@ def test_two_workers_run_the_same_loop_and_contrast_across_their_batches(tiny_ru
     overrides = ["--set", "implicit.workers=2", "--set", "implicit.epochs=1", "--set", f"run_dir={tmp_path}"]
     assert main(["implicit", str(config_path), "--quiet", *overrides]) == 0
     assert "implicit     1 epoch(s) on 2 worker(s)" in capsys.readouterr().out
-    assert _epoch_of(latest_checkpoint(tmp_path)) == 0
+    assert _epoch_of(latest_checkpoint(tmp_path / "implicit")) == 0

@@ -1,0 +1,204 @@
+"""Ray Train + DeepSpeed plumbing shared by the implicit and the explicit stage.
+
+Both stages train the same way: a `TorchTrainer` whose storage path is the run directory (so a rerun
+resumes from the stage's latest checkpoint), workers that read their Ray Data shard into memory, one
+DeepSpeed engine per worker (ZeRO stage from the config; bf16 on GPU, fp32 on CPU), one report and one
+checkpoint per epoch. The checkpoint carries a small JSON file next to DeepSpeed's own files: the epoch,
+what is needed to rebuild the model, and the metrics of every epoch so far (the training curves of the
+report come from the latest checkpoint alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import threading
+
+import numpy as np
+
+CHECKPOINT_META = "cu_scale_epoch.json"
+
+
+def collect_shard(shard, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A worker's whole Ray Data shard as numpy arrays (batches need random access)."""
+    parts: dict[str, list] = {}
+    for batch in shard.iter_batches(batch_size=512, batch_format="numpy"):
+        for key in keys:
+            parts.setdefault(key, []).append(batch[key])
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def cpus_per_worker(cluster_cpus: float, workers: int) -> float:
+    """A worker reserves one CPU, or its share of all CPUs but one.
+
+    Ray Data reads the store while the workers train, and its read tasks need a CPU the workers have not
+    reserved: with as many workers as CPUs (two on a 2-core machine) the readers would never start and
+    training would wait forever.
+    """
+    return min(1.0, max(0.1, (cluster_cpus - 1) / workers))
+
+
+def torch_threads(cluster_cpus: float, workers: int) -> int:
+    """Threads for a worker's torch once its shard is in memory: its share of all the node's CPUs.
+
+    Ray sets OMP_NUM_THREADS from the (fractional) CPU reservation, which would leave one of two cores
+    idle for a single worker; the readers are done by the time the model runs.
+    """
+    return max(1, int(cluster_cpus // workers))
+
+
+def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_decay: float, zero_stage: int, lr_schedule: str, total_steps: int, bf16: bool):
+    """`deepspeed.initialize` with AdamW, gradient clipping 1.0 and, for "cosine", 5% linear warm-up then cosine to 0."""
+    import deepspeed
+
+    schedule = {}
+    if lr_schedule == "cosine":
+        schedule = {
+            "scheduler": {
+                "type": "WarmupCosineLR",
+                "params": {"total_num_steps": max(total_steps, 1), "warmup_num_steps": max(2, total_steps // 20), "warmup_type": "linear", "cos_min_ratio": 0.0},
+            }
+        }
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=model.parameters(),
+        config={
+            "train_micro_batch_size_per_gpu": batch_size,
+            "gradient_accumulation_steps": 1,
+            "optimizer": {"type": "AdamW", "params": {"lr": learning_rate, "weight_decay": weight_decay, "torch_adam": True}},
+            "zero_optimization": {"stage": zero_stage},
+            "bf16": {"enabled": bf16},
+            "gradient_clipping": 1.0,
+            **schedule,
+        },
+    )
+    return engine
+
+
+def agree_on_steps(local_steps: int, world_size: int, device, minimum: bool = False) -> int:
+    """The step count every worker runs (collectives need the same count everywhere): the max, or the min.
+
+    The count travels on the training device: nccl reduces only GPU tensors."""
+    import torch
+    import torch.distributed as dist
+
+    steps = torch.tensor([local_steps], device=device)
+    if world_size > 1:
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN if minimum else dist.ReduceOp.MAX)
+    return int(steps.item())
+
+
+def autocast(device):
+    """bf16 autocast on GPU, where DeepSpeed's bf16 mode holds the weights in bf16 but the models take fp32
+    inputs (features, time codes); a no-op on CPU, which trains in fp32."""
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def resume(engine) -> tuple[int, list[dict]]:
+    """Load the checkpoint Ray Train hands this worker group, if any: (first epoch to run, metrics so far)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0, []
+    with checkpoint.as_directory() as directory:
+        engine.load_checkpoint(directory)
+        meta = json.loads((pathlib.Path(directory) / CHECKPOINT_META).read_text())
+    return meta["epoch"] + 1, meta.get("history", [])
+
+
+def save_and_report(engine, rank: int, epoch: int, model_meta: dict, metrics: dict, history: list[dict]) -> None:
+    """Every rank saves its DeepSpeed state; rank 0 adds the metadata; then the report with the checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        engine.save_checkpoint(directory)
+        if rank == 0:
+            meta = {"epoch": epoch, "model": model_meta, "metrics": metrics, "history": history}
+            (pathlib.Path(directory) / CHECKPOINT_META).write_text(json.dumps(meta))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def watch_epochs(stage_dir: pathlib.Path, epochs: int, stop: threading.Event, desc: str) -> None:
+    """A progress bar over epochs, fed by the checkpoints' metadata as Ray Train persists them.
+
+    The workers' own output stays in their Ray logs; the driver learns of an epoch when its checkpoint
+    lands in the stage directory, which is also what a resumed run starts from.
+    """
+    from tqdm import tqdm
+
+    seen: set[str] = set()
+
+    def new_epochs() -> list[dict]:
+        found = []
+        for meta in sorted(stage_dir.glob(f"checkpoint_2*/{CHECKPOINT_META}")):
+            if str(meta) not in seen:
+                try:
+                    found.append(json.loads(meta.read_text()))
+                except (json.JSONDecodeError, OSError):
+                    continue  # still being copied into place: read it on the next poll
+                seen.add(str(meta))
+        return found
+
+    done = max((m["epoch"] + 1 for m in new_epochs()), default=0)
+    with tqdm(total=epochs, initial=min(done, epochs), desc=desc, unit="epoch") as bar:
+        while not stop.wait(1.0):
+            for meta in new_epochs():
+                metrics = meta.get("metrics", {})
+                bar.update(max(0, meta["epoch"] + 1 - bar.n))
+                bar.set_postfix(loss=f"{metrics.get('loss_total', float('nan')):.4f}")
+
+
+def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_failures: int, datasets: dict, epochs: int, progress: bool):
+    """Build and run the `TorchTrainer` of one stage under RUN_DIR/NAME; returns Ray Train's Result."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={**loop_config, "torch_threads": torch_threads(cpus, workers)},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker(cpus, workers)}),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(pathlib.Path(run_dir).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    if not progress:
+        return trainer.fit()
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_epochs, args=(pathlib.Path(run_dir) / name, epochs, stop, f"{name} epochs"), daemon=True)
+    watcher.start()
+    try:
+        return trainer.fit()
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def latest_checkpoint(stage_dir: str | os.PathLike) -> pathlib.Path:
+    """The newest checkpoint directory Ray Train wrote under a stage directory (RUN_DIR/implicit, ...)."""
+    checkpoints = sorted(pathlib.Path(stage_dir).glob("checkpoint_2*"))
+    if not checkpoints:
+        raise FileNotFoundError(f"no checkpoint under {stage_dir}: train that stage first")
+    return checkpoints[-1]
+
+
+def read_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """(metadata, model state dict) of a DeepSpeed checkpoint written by `save_and_report`."""
+    import torch
+
+    directory = pathlib.Path(checkpoint_dir)
+    meta = json.loads((directory / CHECKPOINT_META).read_text())
+    tag = (directory / "latest").read_text().strip()
+    states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return meta, states["module"]
