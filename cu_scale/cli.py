@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import pathlib
 import resource
-import shutil
 import sys
 import time
 
@@ -19,45 +17,13 @@ from cu_scale.batching import BatchingError
 from cu_scale.clustering import ClusteringError
 from cu_scale.config import ConfigError
 from cu_scale.partial_labels import METHODS, PartialLabelSpec
+from cu_scale.pipeline import STAGES
 from cu_scale.simulator import SimulatorSettings
-from cu_scale.store import REJECT_REASONS, FeatureStore, LabelPolicy, StoreError, StoreRejectError
+from cu_scale.console import describe_store, megabytes
+from cu_scale.evaluation import PredictionsError
+from cu_scale.store import FeatureStore, LabelPolicy, StoreError, StoreRejectError
 
 DEMO_DIR = "runs/demo"
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
-
-
-def describe_store(store: FeatureStore) -> str:
-    m = store.manifest
-    counts = m["counts"]
-    store_bytes = sum(s["videos_bytes"] + s["samples_bytes"] for s in m["shards"])
-    lines = [
-        f"store        {store.path}",
-        f"dataset      {m.get('dataset', '?')}   schema version {m['schema_version']}   created {m['created']}",
-        f"features     {m.get('features', '?')}",
-        f"             Dv {m['feature_dim']}   T (max steps) {m['max_steps']}   float16",
-        f"size         {_mb(store_bytes)} on disk in {len(m['shards'])} shard(s) of ≤{m['shard_videos']} videos"
-        f"   ({_mb(counts['feature_bytes'])} of raw features)",
-        f"videos       {counts['videos']:,}",
-        f"samples      {counts['samples']:,}",
-    ]
-    for split, c in counts["splits"].items():
-        label = m.get("partial_labels", {}).get(split, "")
-        lines.append(f"  {split:<10} {c['samples']:>9,} samples  {c['videos']:>8,} videos   partial labels: {label}")
-    clipped = counts.get("clipped_labels", {})
-    policy = m["label_policy"]
-    lines.append(
-        f"clipped      {sum(clipped.values()):,} label(s) overshooting the video "
-        + (f"({', '.join(f'{k}: {v:,}' for k, v in clipped.items())}) " if clipped else "")
-        + f"[policy: {policy['overshoot']}, tolerance {policy['tolerance_seconds']:g} s]"
-    )
-    rejects = m["rejects"]
-    lines.append(f"rejects      {rejects['count']:,}" + (f"  → {store.path / rejects['file']}" if rejects["count"] else ""))
-    for code, n in sorted(rejects["by_code"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {n:>9,}  {code}: {REJECT_REASONS.get(code, '')}")
-    return "\n".join(lines)
 
 
 def _peak_memory_bytes() -> int:
@@ -112,8 +78,8 @@ def _run_prepare(args) -> int:
         )
     print(describe_store(FeatureStore(args.out)))
     print(
-        f"wrote        {_mb(manifest['counts']['feature_bytes'])} of features in {time.perf_counter() - started:.1f} s;"
-        f" peak memory {_mb(_peak_memory_bytes())}"
+        f"wrote        {megabytes(manifest['counts']['feature_bytes'])} of features in {time.perf_counter() - started:.1f} s;"
+        f" peak memory {megabytes(_peak_memory_bytes())}"
     )
     return 0
 
@@ -168,31 +134,8 @@ def _run_store_info(args) -> int:
     return 0
 
 
-def _run_demo(args) -> int:
-    from cu_scale.clustering import cluster_store, clusters_dir
-    from cu_scale.demo import demo_config
-    from cu_scale.encode import encode_store
-    from cu_scale.prepare import StoreOptions, prepare_demo
-
-    out = pathlib.Path(args.out) / "store"
-    config = demo_config(str(out), args.out)
-    started = time.perf_counter()
-    prepare_demo(StoreOptions(out=str(out), max_steps=32, overwrite=True, progress=not args.quiet), num_videos=args.videos, seed=args.seed)
-    print(describe_store(FeatureStore(out)))
-    _start_ray()
-    encoded = encode_store(out, config.encode, progress=not args.quiet)
-    print(f"encode       {encoded['encoded_samples']:,} queries with {pathlib.Path(encoded['model']).parent.name}, dim {encoded['dim']}")
-    summary = cluster_store(out, config.cluster)
-    _print_clusters(summary, out, config)
-    # The store was just rebuilt: checkpoints of an earlier demo belong to another corpus and must not be resumed.
-    shutil.rmtree(pathlib.Path(args.out) / "implicit", ignore_errors=True)
-    _train_and_label(config, clusters_dir(FeatureStore(out), config.cluster), progress=not args.quiet)
-    print(f"demo ready in {time.perf_counter() - started:.1f} s under {args.out}")
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------------------
-# encode, cluster
+# the pipeline: demo, run, single stages, compare
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -208,129 +151,92 @@ def _parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def _start_ray():
-    """The embedded default: a local Ray in this process, or the cluster named by RAY_ADDRESS (a Ray job)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our own bars count queries and shards
-    return ray
-
-
-def _run_encode(args) -> int:
+def _load(args):
     from cu_scale.config import load_config
-    from cu_scale.encode import encode_store
 
-    config = load_config(args.config, _parse_overrides(args.set))
-    _start_ray()
+    return load_config(args.config, _parse_overrides(args.set))
+
+
+def _print_results(run_dir: pathlib.Path) -> None:
+    from cu_scale.console import metrics_table
+    from cu_scale.pipeline import METRICS_FILE
+
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    print(f"\ntest split: explicit models (R@1, percent)\n{metrics_table(metrics['explicit'])}")
+    if metrics.get("pseudo_labels"):
+        print(f"training set: pseudo-labels against ground truth\n{metrics_table(metrics['pseudo_labels'])}")
+    print(f"report       {run_dir / 'report.md'} (plots in {run_dir / 'plots'})")
+
+
+def _run_demo(args) -> int:
+    from cu_scale.demo import demo_config
+    from cu_scale.pipeline import Pipeline
+
+    config = demo_config(args.out, videos=args.videos, seed=args.seed, overrides=_parse_overrides(args.set))
     started = time.perf_counter()
-    summary = encode_store(config.store, config.encode, progress=not args.quiet)
-    seconds = time.perf_counter() - started
-    rate = f", {summary['encoded_samples'] / seconds:,.0f} queries/s" if summary["encoded_samples"] else ""
-    print(
-        f"encoded {summary['encoded_samples']:,} queries in {seconds:.1f} s{rate} ({summary['skipped']} of {summary['shards']} shards"
-        f" were done already); model {summary['model']}, dim {summary['dim']}"
-    )
+    # The demo world is rebuilt every time: results of an earlier demo belong to another corpus.
+    Pipeline(config, progress=not args.quiet).run(start_from="prepare")
+    _print_results(pathlib.Path(config.run_dir))
+    print(f"demo ready in {time.perf_counter() - started:.1f} s under {args.out}")
     return 0
 
 
-def _run_cluster(args) -> int:
-    from cu_scale.clustering import cluster_store
-    from cu_scale.config import load_config
+def _run_run(args) -> int:
+    from cu_scale.pipeline import Pipeline
 
-    config = load_config(args.config, _parse_overrides(args.set))
-    _print_clusters(cluster_store(config.store, config.cluster), config.store, config)
+    config = _load(args)
+    started = time.perf_counter()
+    Pipeline(config, progress=not args.quiet).run(start_from=args.start_from)
+    _print_results(pathlib.Path(config.run_dir))
+    print(f"run finished in {time.perf_counter() - started:.1f} s under {config.run_dir}")
     return 0
 
 
-def _print_clusters(summary: dict, store_path, config) -> None:
-    from cu_scale.clustering import clusters_dir
+def _run_single_stage(args) -> int:
+    from cu_scale.pipeline import Pipeline
 
-    near, member = summary["nearest_cluster_size"], summary["membership_size"]
-    print(f"cluster      {summary['samples']:,} {summary['split']} queries into K={summary['k']} on {summary['device']} in {summary['seconds']} s (trained on {summary['trained_on']:,})")
-    print(f"  nearest-cluster sizes  min {near['min']}  p10 {near['p10']}  median {near['median']}  p90 {near['p90']}  max {near['max']}   empty clusters {summary['empty_clusters']}")
-    print(f"  with m={summary['memberships']} memberships   min {member['min']}  p10 {member['p10']}  median {member['median']}  p90 {member['p90']}  max {member['max']}")
-    zero = summary["zero_embeddings"]
-    if zero["count"]:
-        print(f"  warning: {zero['count']} queries have a zero embedding (first: {', '.join(zero['first'])}); they join the nearest centroid by plain L2")
-    print(f"  → {clusters_dir(FeatureStore(store_path), config.cluster)}")
-
-
-def _run_implicit(args) -> int:
-    from cu_scale.clustering import clusters_dir
-    from cu_scale.config import load_config
-
-    config = load_config(args.config, _parse_overrides(args.set))
-    _start_ray()
-    directory = clusters_dir(FeatureStore(config.store), config.cluster)
-    if not (directory / "summary.json").exists():
-        raise FileNotFoundError(f"{directory} is missing: run `cu-scale cluster {args.config}` first")
-    _train(config, directory, progress=not args.quiet)
+    Pipeline(_load(args), progress=not args.quiet).run_stage(args.stage)
     return 0
 
 
-def _train(config, clusters_directory, progress: bool) -> None:
-    from cu_scale.implicit import train_implicit
+def _run_compare(args) -> int:
+    from cu_scale.comparison import comparison_table, run_comparison
 
     started = time.perf_counter()
-    result = train_implicit(
-        config.store, str(clusters_directory), config.implicit, config.batches, config.run_dir, config.encode.model, config.encode.max_tokens, progress=progress
-    )
-    if result.error:
-        raise RuntimeError(f"implicit training failed: {result.error}")
-    metrics = result.metrics
-    terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss_"))
-    print(f"implicit     {metrics['epoch'] + 1} epoch(s) on {config.implicit.workers} worker(s) in {time.perf_counter() - started:.1f} s; last epoch: {terms}")
-    print(f"  checkpoint → {result.checkpoint.path}")
+    rows = run_comparison(args.configs, _parse_overrides(args.set), progress=not args.quiet)
+    print(f"\nTable I/IV: explicit models on the test split, by the labels they were trained on ({time.perf_counter() - started:.0f} s)")
+    print(comparison_table(rows))
+    return 0
 
 
-def _label(config) -> None:
-    from cu_scale.implicit import latest_checkpoint
-    from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE, pseudo_label
+def _run_evaluate(args) -> int:
+    from cu_scale.console import metrics_table
+    from cu_scale.evaluation import evaluate_predictions, read_predictions
 
-    checkpoint = latest_checkpoint(config.run_dir)
-    started = time.perf_counter()
-    result = pseudo_label(config.store, str(checkpoint), config.run_dir, config.encode.model, config.encode.actors, config.encode.max_tokens)
-    print(f"pseudo-label {result['rows']:,} training samples from {checkpoint.name} in {time.perf_counter() - started:.1f} s → {pathlib.Path(config.run_dir) / PSEUDO_LABELS_FILE}")
-    if result["metrics"]:
-        _print_metrics_table(result["metrics"])
-
-
-def _train_and_label(config, clusters_directory, progress: bool) -> None:
-    _train(config, clusters_directory, progress)
-    _label(config)
+    metrics = evaluate_predictions(read_predictions(args.predictions))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{args.predictions}: {metrics['scored']:,} of {metrics['predictions']:,} predictions have ground truth")
+        print(metrics_table({"R@1": metrics}))
+    return 0
 
 
-def _print_metrics_table(table: dict[str, dict[str, float]]) -> None:
-    width = max(len(name) for name in table)
-    print(f"  {'':<{width}}  {'R@0.3':>7} {'R@0.5':>7} {'R@0.7':>7} {'mIoU':>7}")
-    for name, m in table.items():
-        print(f"  {name:<{width}}  {m['R@0.3']:>7.2f} {m['R@0.5']:>7.2f} {m['R@0.7']:>7.2f} {m['mIoU']:>7.2f}")
+def _run_predict(args) -> int:
+    from cu_scale.predict import predict_one
 
-
-def _run_pseudo_label(args) -> int:
-    from cu_scale.config import load_config
-    from cu_scale.implicit import latest_checkpoint
-
-    config = load_config(args.config, _parse_overrides(args.set))
-    latest_checkpoint(config.run_dir)  # fail before starting Ray when there is nothing to label with
-    _start_ray()
-    _label(config)
+    start, end = predict_one(args.run_dir, args.features, args.query, args.duration, args.model)
+    print(f"{start:.2f} {end:.2f}    ({args.query!r}: {start:.2f} s to {end:.2f} s of {args.duration:g} s)")
     return 0
 
 
 def _run_ablate(args) -> int:
     from cu_scale.ablation import format_table, row_directory, run_ablation
-    from cu_scale.clustering import clusters_dir
-    from cu_scale.config import load_config
+    from cu_scale.pipeline import Pipeline, start_ray
 
-    config = load_config(args.config, _parse_overrides(args.set))
-    directory = clusters_dir(FeatureStore(config.store), config.cluster)
-    if not (directory / "summary.json").exists():
-        raise FileNotFoundError(f"{directory} is missing: run `cu-scale cluster {args.config}` first")
-    _start_ray()
+    config = _load(args)
+    directory = Pipeline(config).clusters_directory()
+    start_ray()
     started = time.perf_counter()
     rows = args.rows.split(",") if args.rows else None
     results = run_ablation(config, directory, rows, on_row=lambda row, m: print(f"ablation {row}: pseudo-label mIoU {m['mIoU']:.2f} ({row_directory(config, row)})", flush=True), progress=not args.quiet)
@@ -350,11 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="the embedded default: build the demo corpus (no files needed), encode and cluster its queries, train the implicit stage and pseudo-label")
+    demo = commands.add_parser("demo", help="the embedded default: the whole pipeline on the built-in demo corpus (no files needed), on a local Ray")
     demo.add_argument("--out", default=DEMO_DIR, help=f"run directory (default {DEMO_DIR})")
     demo.add_argument("--videos", type=int, default=240, help="number of demo videos (default 240)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo setting, e.g. --set explicit.epochs=10 (configs/demo.yaml lists them)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_run_demo)
 
     prepare = commands.add_parser("prepare", help="write a sharded feature store from annotations and features")
@@ -388,20 +295,57 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(run=_run_store_info)
 
-    for name, run, text in (
-        ("encode", _run_encode, "embed every query of the store with the sentence encoder (Ray Data actor pool; resumable)"),
-        ("cluster", _run_cluster, "faiss k-means of the query embeddings into K clusters, m memberships per sample"),
-        ("implicit", _run_implicit, "train the implicit stage (Ray Train + DeepSpeed; resumes from the run's latest checkpoint)"),
-        ("pseudo-label", _run_pseudo_label, "run the trained event detector over the training set (Ray Data batch inference) and score it"),
-        ("ablate", _run_ablate, "paper Table II: train and pseudo-label with subsets of the four contrasts (rows A1-A6) and print the table"),
+    def config_arguments(command, what: str = "CONFIG"):
+        command.add_argument("config", metavar=what, help="run configuration (YAML; see configs/)")
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set cluster.k=64")
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    run = commands.add_parser(
+        "run",
+        help="the whole run: " + " → ".join(STAGES) + "; skips finished stages",
+        description="Runs every stage into the run directory; a rerun skips the stages that finished with the same settings.",
+    )
+    config_arguments(run)
+    run.add_argument("--from", dest="start_from", choices=STAGES, metavar="STAGE", help=f"redo from this stage on ({', '.join(STAGES)})")
+    run.set_defaults(run=_run_run)
+
+    for name, text in (
+        ("encode", "embed every query of the store with the sentence encoder (Ray Data actor pool; resumable)"),
+        ("cluster", "faiss k-means of the query embeddings into K clusters, m memberships per sample"),
+        ("implicit", "train the implicit stage (Ray Train + DeepSpeed; resumes from the run's latest checkpoint)"),
+        ("pseudo-label", "run the trained event detector over the training set (Ray Data batch inference) and score it"),
+        ("explicit", "train the explicit models on the configured label sources (Ray Train + DeepSpeed; resumable)"),
     ):
         stage = commands.add_parser(name, help=text, description=text + ". Settings come from the YAML config (see configs/).")
-        stage.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
-        stage.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set cluster.k=64")
-        stage.add_argument("--quiet", action="store_true", help="no progress bar")
-        if name == "ablate":
-            stage.add_argument("--rows", help="comma-separated rows to run (default: A1,A2,A3,A4,A5,A6); finished rows are reused")
-        stage.set_defaults(run=run)
+        config_arguments(stage)
+        stage.set_defaults(run=_run_single_stage, stage=name)
+
+    compare = commands.add_parser(
+        "compare",
+        help="paper Tables I/IV: run several configs (full / glance / short clips) and print the explicit models' test metrics side by side",
+    )
+    compare.add_argument("configs", nargs="+", metavar="CONFIG", help="run configurations, e.g. the glance and short-clip Charades-STA configs")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value in every config")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(run=_run_compare)
+
+    ablate = commands.add_parser("ablate", help="paper Table II: train and pseudo-label with subsets of the four contrasts (rows A1-A6) and print the table")
+    config_arguments(ablate)
+    ablate.add_argument("--rows", help="comma-separated rows to run (default: A1,A2,A3,A4,A5,A6); finished rows are reused")
+    ablate.set_defaults(run=_run_ablate)
+
+    evaluate = commands.add_parser("evaluate", help="recompute R@0.3/0.5/0.7 and mIoU from a predictions file (JSON Lines)")
+    evaluate.add_argument("predictions", metavar="PREDICTIONS", help="a .jsonl file: sample_id, pred [s, e], gt [s, e] (and optional duration) per line")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(run=_run_evaluate)
+
+    predict = commands.add_parser("predict", help="answer one query on one video's features with a trained run's explicit model")
+    predict.add_argument("--run", dest="run_dir", required=True, metavar="RUN_DIR", help="a run directory whose explicit stage has finished")
+    predict.add_argument("--features", required=True, metavar="FILE.npy", help="the video's features, (steps, Dv), as the store's")
+    predict.add_argument("--query", required=True, help="the sentence to ground")
+    predict.add_argument("--duration", required=True, type=float, metavar="SECONDS", help="the video's duration (features carry no time)")
+    predict.add_argument("--model", metavar="NAME", help="which explicit model, e.g. SpanDETR-pseudo (default: the first trained on pseudo-labels)")
+    predict.set_defaults(run=_run_predict)
     return parser
 
 
@@ -412,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreRejectError as error:
         print(f"cu-scale: --strict: {error}", file=sys.stderr)
         return 1
-    except (AnnotationError, StoreError, RuntimeError, ConfigError, ClusteringError, BatchingError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (AnnotationError, StoreError, RuntimeError, ConfigError, ClusteringError, BatchingError, PredictionsError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"cu-scale: {error}", file=sys.stderr)
         return 2
 

@@ -8,8 +8,10 @@ taken from the directory the command runs in.
     encode:  {model: null, actors: 1, batch_size: 256, max_tokens: 32, device: auto}
     cluster: {k: 256, memberships: 2, iterations: 20, max_points_per_centroid: 256, seed: 0, split: train}
     batches: {batch_size: 64, clusters_per_batch: 8, seed: 0}
-    run_dir: runs/charades                        # checkpoints and pseudo-labels
-    implicit: {epochs: 10, learning_rate: 0.001, workers: 1, zero_stage: 1, lam: 1.0, tau: 0.1, ...}
+    run_dir: runs/charades                        # checkpoints, pseudo-labels, predictions, report
+    prepare: {dataset: charades-sta, annotations: ../shared/datasets/charades_sta, glance: true, ...}
+    implicit: {epochs: 10, learning_rate: 0.0005, workers: 1, zero_stage: 1, lam: 1.0, tau: 0.1, ...}
+    explicit: {models: [cu_scale.grounding_models:SpanDETR], label_sources: [pseudo], epochs: 10, ...}
 """
 
 from __future__ import annotations
@@ -35,6 +37,42 @@ def _at_least(section, name: str, minimum: int):
 def _one_of(section, name: str, choices: tuple):
     if getattr(section, name) not in choices:
         raise ConfigError(f"{name}: must be one of {choices}, got {getattr(section, name)!r}")
+
+
+DATASETS = ("demo", "charades-sta", "activitynet")
+PARTIAL_METHODS = ("uniform", "gaussian", "clip")  # cu_scale.partial_labels.METHODS (kept free of numpy here)
+LABEL_SOURCES = ("pseudo", "gt", "partial")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """How `cu-scale run` builds the store (the `cu-scale prepare` options, as a config section)."""
+
+    dataset: str = "demo"  # demo (built in, no files), charades-sta or activitynet
+    annotations: str | None = None  # the dataset's annotation directory (not for demo)
+    glance: bool = False  # partial labels from the dataset's glance files; else sampled from ground truth
+    partial: str = "uniform"  # sampled labels: uniform or gaussian single frame, or a clip of clip_seconds
+    clip_seconds: float = 0.0  # r, the annotation clip length, for partial: clip
+    partial_seed: int = 0
+    features: str | None = None  # a directory of VIDEO.npy or one .h5 file; None: simulate features
+    feature_dim: int = 1024  # Dv of simulated features (I3D's)
+    noise: float | None = None  # simulator noise; None: the calibrated default (cu_scale.simulator)
+    steps: int = 64  # T, max feature steps per video
+    shard_videos: int = 256
+    videos: int = 240  # demo only: how many videos
+    seed: int = 0  # simulator (and demo world) seed
+    world_seed: int = 0
+    splits: tuple[str, ...] = ("train", "val_1", "val_2")  # activitynet only
+
+    def __post_init__(self):
+        _one_of(self, "dataset", DATASETS)
+        _one_of(self, "partial", PARTIAL_METHODS)
+        if self.dataset != "demo" and not self.annotations:
+            raise ConfigError(f"annotations: the {self.dataset} annotation directory is required")
+        if self.partial == "clip" and self.clip_seconds <= 0:
+            raise ConfigError(f"clip_seconds: partial: clip needs clip_seconds > 0, got {self.clip_seconds}")
+        for name in ("feature_dim", "steps", "shard_videos", "videos"):
+            _at_least(self, name, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +185,70 @@ class ImplicitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExplicitConfig:
+    """Training of the explicit stage (paper §II-C): fully-supervised models on the chosen labels.
+
+    Every model is trained once per label source: ``pseudo`` (the method: the implicit stage's
+    pseudo-labels), ``gt`` (full supervision, the upper bound) and ``partial`` (the raw partial labels,
+    the naive baseline). *Choice*: the model of the last epoch is the one evaluated; nothing is selected
+    on the test split, and no validation split is carved out because a partial-label run has no full
+    labels to select with.
+    """
+
+    models: tuple[str, ...] = ("cu_scale.grounding_models:SpanDETR",)  # "module:Class" (cu_scale.grounding_models.GroundingModel)
+    label_sources: tuple[str, ...] = ("pseudo",)
+    epochs: int = 10
+    learning_rate: float = 3e-4
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.01
+    batch_size: int = 64  # the global batch (all workers together)
+    hidden_dim: int = 128
+    heads: int = 4
+    layers: int = 2
+    dropout: float = 0.1
+    workers: int = 1
+    zero_stage: int = 1
+    max_failures: int = 2
+    test_split: str = "test"  # the split the models are evaluated on (never trained or selected on)
+    seed: int = 0
+
+    def __post_init__(self):
+        _at_least(self, "epochs", 1)
+        _at_least(self, "workers", 1)
+        _at_least(self, "batch_size", self.workers)
+        _at_least(self, "hidden_dim", 8)
+        _at_least(self, "layers", 1)
+        _one_of(self, "zero_stage", (0, 1, 2))
+        _one_of(self, "lr_schedule", ("cosine", "constant"))
+        if not self.models or not self.label_sources:
+            raise ConfigError("models: at least one model and one label source are needed")
+        for model in self.models:
+            module, _, name = model.partition(":")
+            if not module or not name.isidentifier():
+                raise ConfigError(f"models: {model!r} is not 'package.module:ClassName'")
+        for source in self.label_sources:
+            if source not in LABEL_SOURCES:
+                raise ConfigError(f"label_sources: {source!r} is not one of {LABEL_SOURCES}")
+        if self.hidden_dim % self.heads:
+            raise ConfigError(f"heads: hidden_dim {self.hidden_dim} must be divisible by heads {self.heads}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+
+    def model_options(self) -> dict:
+        """The keyword arguments every grounding model's constructor receives."""
+        return {"hidden_dim": self.hidden_dim, "heads": self.heads, "layers": self.layers, "dropout": self.dropout}
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     store: str
-    run_dir: str = "runs/default"  # checkpoints, pseudo-labels and reports of this run
+    run_dir: str = "runs/default"  # checkpoints, pseudo-labels, predictions and reports of this run
+    prepare: PrepareConfig | None = None  # how `cu-scale run` builds the store; None: the store must exist
     encode: EncodeConfig = EncodeConfig()
     cluster: ClusterConfig = ClusterConfig()
     batches: BatchConfig = BatchConfig()
     implicit: ImplicitConfig = ImplicitConfig()
+    explicit: ExplicitConfig = ExplicitConfig()
     source: str = "<config>"
 
 
@@ -170,6 +265,13 @@ def _build_section(cls, values, where: str):
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         expected = hints[name]
+        if typing.get_origin(expected) is tuple:  # a list of strings in YAML
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}.{name}: expected a list of strings, got {value!r}")
+            values[name] = tuple(value)
+            continue
         allowed = typing.get_args(expected) or (expected,)
         allowed = tuple(type(None) if a is None else a for a in allowed)
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
@@ -192,13 +294,24 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return build_config(raw, str(path), overrides)
+
+
+def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunConfig:
+    """Validate a configuration given as a plain dict (a parsed YAML file, or `dataclasses.asdict` of one)."""
+    path = source
+    raw = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items() if key != "source"}
     for key, value in (overrides or {}).items():
         section, _, field = key.partition(".")
         if field:
-            raw.setdefault(section, {})[field] = value
+            if not isinstance(raw.get(section) or {}, dict):
+                raise ConfigError(f"{path}: --set {key}: {section} is not a section")
+            raw[section] = {**(raw.get(section) or {}), field: value}
         else:
             raw[section] = value
-    sections = {"encode": EncodeConfig, "cluster": ClusterConfig, "batches": BatchConfig, "implicit": ImplicitConfig}
+    sections = {"prepare": PrepareConfig, "encode": EncodeConfig, "cluster": ClusterConfig, "batches": BatchConfig, "implicit": ImplicitConfig, "explicit": ExplicitConfig}
     unknown = sorted(set(raw) - set(sections) - {"store", "run_dir"})
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown section (known: store, run_dir, {', '.join(sections)})")
@@ -208,6 +321,9 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
         raise ConfigError(f"{path}: run_dir: expected a path, got {raw['run_dir']!r}")
     built = {}
     for name, cls in sections.items():
+        if name == "prepare" and raw.get(name) is None:
+            built[name] = None
+            continue
         try:
             built[name] = _build_section(cls, raw.get(name), name)
         except ConfigError as error:
@@ -216,4 +332,4 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
         built["batches"].per_worker(built["implicit"].workers)
     except ConfigError as error:
         raise ConfigError(f"{path}: batches.{error} (implicit.workers)") from None
-    return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), source=str(path), **built)
+    return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), source=source, **built)

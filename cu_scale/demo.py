@@ -9,23 +9,38 @@ simulator as the real datasets, from concepts ``verb:V`` and ``object:O`` (so "o
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, ImplicitConfig, RunConfig
+from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, ExplicitConfig, ImplicitConfig, PrepareConfig, RunConfig, build_config
 from cu_scale.records import Event, Sample, Video
 
 
-def demo_config(store: str, run_dir: str) -> RunConfig:
-    """The settings `cu-scale demo` runs with; configs/demo.yaml holds the same values (a test checks)."""
-    return RunConfig(
-        store=store,
+def demo_config(run_dir: str = "runs/demo", videos: int = 240, seed: int = 0, overrides: dict | None = None) -> RunConfig:
+    """The settings `cu-scale demo` runs with (`overrides` as `--set` gives them); configs/demo.yaml holds
+    the same values (a test checks)."""
+    config = RunConfig(
+        store=f"{run_dir}/store",
         run_dir=run_dir,
+        prepare=PrepareConfig(dataset="demo", feature_dim=256, steps=32, videos=videos, seed=seed),
         implicit=ImplicitConfig(epochs=40, hidden_dim=64, workers=1),
         encode=EncodeConfig(actors=1, batch_size=256),
         cluster=ClusterConfig(k=16, memberships=2),
         batches=BatchConfig(batch_size=32, clusters_per_batch=4),
+        explicit=ExplicitConfig(
+            models=("cu_scale.grounding_models:BoundaryRegressor", "cu_scale.grounding_models:SpanDETR"),
+            label_sources=("pseudo", "gt", "partial"),
+            epochs=30,
+            batch_size=32,
+            hidden_dim=64,
+        ),
         source="cu_scale.demo.demo_config",
     )
+    if not overrides:
+        return config
+    return build_config(dataclasses.asdict(config), config.source, overrides)
+
 
 # verb: (third person, -ing, past)
 VERBS = {

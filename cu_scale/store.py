@@ -527,6 +527,24 @@ class FeatureStore:
 
         return ray.data.read_parquet(self.files("videos"))
 
+    def examples(self, sample_ids: list[str], columns_only: bool = False) -> dict[str, np.ndarray]:
+        """A few samples read locally (no Ray), as `join_shard` gives them; only the sample columns with
+        `columns_only`. Samples come in store order; unknown ids are left out."""
+        wanted = pa.array(list(sample_ids), pa.string())
+        parts = []
+        for shard in self.shards:
+            samples = pq.read_table(self.path / shard["samples_file"], schema=SAMPLE_SCHEMA)
+            samples = samples.filter(pc.is_in(samples.column("sample_id"), value_set=wanted))
+            if samples.num_rows == 0:
+                continue
+            if columns_only:
+                parts.append({name: samples.column(name).to_numpy(zero_copy_only=False) for name in samples.column_names})
+            else:
+                parts.append(join_shard(pq.read_table(self.path / shard["videos_file"]), samples, self.feature_dim, self.max_steps))
+        if not parts:
+            raise StoreError(f"{self.path}: none of the samples {list(sample_ids)[:3]}... is in the store")
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
     def examples_dataset(self, split: str | None = None):
         """Training examples as a Ray Dataset, joined shard by shard (see the module docstring).
 

@@ -112,18 +112,20 @@ def test_demo_config_file_matches_what_cu_scale_demo_runs():
     from cu_scale.demo import demo_config
 
     shipped = load_config(pathlib.Path(__file__).parents[1] / "configs" / "demo.yaml")
-    expected = demo_config(shipped.store, shipped.run_dir)
-    assert shipped == dataclasses.replace(expected, source=shipped.source)
+    assert shipped.store == f"{shipped.run_dir}/store"
+    assert shipped == dataclasses.replace(demo_config(shipped.run_dir), source=shipped.source)
 
 
-def test_demo_builds_encodes_clusters_trains_and_labels(tmp_path, capsys, local_ray):
-    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+def test_demo_runs_the_whole_pipeline_and_prints_the_metrics_and_the_report(tmp_path, capsys, local_ray):
+    # The demo's own settings, made small with --set (the full demo is what `make demo` runs).
+    small = ["--set", "implicit.epochs=2", "--set", "explicit.epochs=2", "--set", "explicit.label_sources=[pseudo, gt]", "--set", "explicit.models=[cu_scale.grounding_models:SpanDETR]"]
+    assert main(["demo", "--out", str(tmp_path), "--videos", "40", "--quiet", *small]) == 0
     store = FeatureStore(tmp_path / "store")
-    assert store.manifest["dataset"] == "demo" and store.manifest["counts"]["videos"] == 240
-    assert set(store.manifest["counts"]["splits"]) == {"train", "test"}
+    assert store.manifest["dataset"] == "demo" and store.manifest["counts"]["videos"] == 40
     out = capsys.readouterr().out
-    assert "demo ready" in out and "encode       437 queries" in out and "cluster      334 train queries into K=16" in out
-    assert "implicit     40 epoch(s) on 1 worker(s)" in out and "pseudo-label 334 training samples" in out
-    assert (tmp_path / "pseudo_labels.parquet").exists()
+    assert "implicit     2 epoch(s) on 1 worker(s)" in out and "pseudo-label 62 training samples" in out
+    assert "test split: explicit models" in out and "SpanDETR-pseudo" in out and "SpanDETR-gt" in out
+    assert f"report       {tmp_path / 'report.md'}" in out and "demo ready" in out
+    assert (tmp_path / "plots" / "timeline.png").is_file()
     assert main(["store", "info", str(tmp_path / "store"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["schema_version"] == 1

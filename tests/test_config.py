@@ -39,6 +39,11 @@ def test_defaults_and_overrides(tmp_path):
         ("store: s\nbatches: {clusters_per_batch: 8}\nimplicit: {workers: 3}\n", "batches.clusters_per_batch: N=8 clusters of the global batch cannot be split evenly over 3 workers"),
         ("store: s\ncluster: [1, 2]\n", "cluster: expected a mapping"),
         ("store: s\ncluster: {k: 4\n", ":3: not valid YAML"),
+        ("store: s\nexplicit: {label_sources: [pseudo, full]}\n", "explicit.label_sources: 'full' is not one of ('pseudo', 'gt', 'partial')"),
+        ("store: s\nexplicit: {models: [SpanDETR]}\n", "explicit.models: 'SpanDETR' is not 'package.module:ClassName'"),
+        ("store: s\nexplicit: {models: 3}\n", "explicit.models: expected a list of strings, got 3"),
+        ("store: s\nprepare: {dataset: charades-sta}\n", "prepare.annotations: the charades-sta annotation directory is required"),
+        ("store: s\nprepare: {dataset: demo, partial: clip}\n", "prepare.clip_seconds: partial: clip needs clip_seconds > 0"),
     ],
 )
 def test_errors_name_file_and_field(tmp_path, text, message):

@@ -1,0 +1,66 @@
+"""What the commands print: the store description, cluster summaries and metrics tables, as text.
+
+Shared by the single-stage commands and `cu-scale run`, so that a stage reads the same either way.
+"""
+
+from __future__ import annotations
+
+from cu_scale.store import REJECT_REASONS, FeatureStore
+
+
+def megabytes(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def describe_store(store: FeatureStore) -> str:
+    m = store.manifest
+    counts = m["counts"]
+    store_bytes = sum(s["videos_bytes"] + s["samples_bytes"] for s in m["shards"])
+    lines = [
+        f"store        {store.path}",
+        f"dataset      {m.get('dataset', '?')}   schema version {m['schema_version']}   created {m['created']}",
+        f"features     {m.get('features', '?')}",
+        f"             Dv {m['feature_dim']}   T (max steps) {m['max_steps']}   float16",
+        f"size         {megabytes(store_bytes)} on disk in {len(m['shards'])} shard(s) of ≤{m['shard_videos']} videos"
+        f"   ({megabytes(counts['feature_bytes'])} of raw features)",
+        f"videos       {counts['videos']:,}",
+        f"samples      {counts['samples']:,}",
+    ]
+    for split, c in counts["splits"].items():
+        label = m.get("partial_labels", {}).get(split, "")
+        lines.append(f"  {split:<10} {c['samples']:>9,} samples  {c['videos']:>8,} videos   partial labels: {label}")
+    clipped = counts.get("clipped_labels", {})
+    policy = m["label_policy"]
+    lines.append(
+        f"clipped      {sum(clipped.values()):,} label(s) overshooting the video "
+        + (f"({', '.join(f'{k}: {v:,}' for k, v in clipped.items())}) " if clipped else "")
+        + f"[policy: {policy['overshoot']}, tolerance {policy['tolerance_seconds']:g} s]"
+    )
+    rejects = m["rejects"]
+    lines.append(f"rejects      {rejects['count']:,}" + (f"  → {store.path / rejects['file']}" if rejects["count"] else ""))
+    for code, n in sorted(rejects["by_code"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {n:>9,}  {code}: {REJECT_REASONS.get(code, '')}")
+    return "\n".join(lines)
+
+
+def describe_clusters(summary: dict, directory) -> str:
+    near, member = summary["nearest_cluster_size"], summary["membership_size"]
+    lines = [
+        f"cluster      {summary['samples']:,} {summary['split']} queries into K={summary['k']} on {summary['device']} in {summary['seconds']} s (trained on {summary['trained_on']:,})",
+        f"  nearest-cluster sizes  min {near['min']}  p10 {near['p10']}  median {near['median']}  p90 {near['p90']}  max {near['max']}   empty clusters {summary['empty_clusters']}",
+        f"  with m={summary['memberships']} memberships   min {member['min']}  p10 {member['p10']}  median {member['median']}  p90 {member['p90']}  max {member['max']}",
+    ]
+    zero = summary["zero_embeddings"]
+    if zero["count"]:
+        lines.append(f"  warning: {zero['count']} queries have a zero embedding (first: {', '.join(zero['first'])}); they join the nearest centroid by plain L2")
+    lines.append(f"  → {directory}")
+    return "\n".join(lines)
+
+
+def metrics_table(table: dict[str, dict[str, float]], indent: str = "  ") -> str:
+    """Rows of R@0.3, R@0.5, R@0.7 and mIoU (percent), one per named entry."""
+    width = max(len(name) for name in table)
+    lines = [f"{indent}{'':<{width}}  {'R@0.3':>7} {'R@0.5':>7} {'R@0.7':>7} {'mIoU':>7}"]
+    for name, m in table.items():
+        lines.append(f"{indent}{name:<{width}}  {m['R@0.3']:>7.2f} {m['R@0.5']:>7.2f} {m['R@0.7']:>7.2f} {m['mIoU']:>7.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""The explicit-stage models: the span IoU by hand, the DETR matching, and both models overfitting a tiny
+batch through their own loss (plain PyTorch; the Ray Train + DeepSpeed path is in test_pipeline.py)."""
+
+import pytest
+import torch
+
+from cu_scale.grounding_models import BoundaryRegressor, GroundingOutput, SpanDETR, span_iou
+
+
+def test_span_iou_and_generalised_iou_by_hand():
+    # [0.2, 0.6] vs [0.4, 0.8]: inter 0.2, union 0.6 → IoU 1/3; enclosing 0.6 = union → gIoU 1/3.
+    # [0.0, 0.2] vs [0.5, 0.7]: disjoint, union 0.4, enclosing 0.7 → IoU 0, gIoU −0.3/0.7.
+    # [0.1, 0.5] vs the single frame [0.3, 0.3]: union 0.4 → IoU 0; enclosing 0.4 → gIoU 0.
+    iou, giou = span_iou(torch.tensor([0.2, 0.0, 0.1]), torch.tensor([0.6, 0.2, 0.5]), torch.tensor([0.4, 0.5, 0.3]), torch.tensor([0.8, 0.7, 0.3]))
+    assert iou.tolist() == pytest.approx([1 / 3, 0.0, 0.0], abs=1e-6)
+    assert giou.tolist() == pytest.approx([1 / 3, -0.3 / 0.7, 0.0], abs=1e-6)
+
+
+def test_detr_matches_the_candidate_of_least_cost_and_weights_the_others_down():
+    model = SpanDETR(8, 8, hidden_dim=16, heads=2, layers=1, num_queries=3, no_object_weight=0.1)
+    # Three candidates (centre, width) for one query whose target is [0.4, 0.6]: the second is exact.
+    spans = torch.tensor([[[0.2, 0.2], [0.5, 0.2], [0.9, 0.1]]])
+    logits = torch.tensor([[0.0, 0.0, 0.0]])
+    l1, giou, cls = model._set_loss(spans, logits, torch.tensor([0.4]), torch.tensor([0.6]))
+    assert float(l1) == pytest.approx(0.0, abs=1e-6) and float(giou) == pytest.approx(0.0, abs=1e-6)
+    # BCE with logit 0 is ln 2 for every candidate; weights 1 (matched) + 0.1 + 0.1.
+    assert float(cls) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("cls", [BoundaryRegressor, SpanDETR])
+def test_each_model_overfits_a_tiny_batch(cls):
+    torch.manual_seed(0)
+    batch, steps, words = 8, 12, 5
+    video, text = torch.randn(batch, steps, 16), torch.randn(batch, words, 12)
+    video_valid = torch.ones(batch, steps, dtype=torch.bool)
+    video_valid[:2, 9:] = False  # two shorter videos
+    words_valid = torch.ones(batch, words, dtype=torch.bool)
+    target_start = torch.rand(batch) * 0.5
+    target_end = target_start + 0.1 + torch.rand(batch) * 0.4
+    model = cls(16, 12, hidden_dim=32, heads=2, layers=1, dropout=0.0)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        out = model(video, video_valid, text, words_valid)
+        loss, terms = model.loss(out, target_start, target_end)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        out = model(video, video_valid, text, words_valid)
+    assert isinstance(out, GroundingOutput) and out.start.shape == (batch,)
+    assert bool(((out.start >= 0) & (out.start <= out.end) & (out.end <= 1)).all())
+    iou, _ = span_iou(out.start, out.end, target_start, target_end)
+    assert float(iou.mean()) > 0.85, (cls.__name__, iou)
+    assert set(terms) >= {"total", "l1", "giou"}
