@@ -210,10 +210,12 @@ class ExplicitConfig:
     zero_stage: int = 1
     max_failures: int = 2
     test_split: str = "test"  # the split the models are evaluated on (never trained or selected on)
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always has one); each costs a save
     seed: int = 0
 
     def __post_init__(self):
         _at_least(self, "epochs", 1)
+        _at_least(self, "checkpoint_every", 1)
         _at_least(self, "workers", 1)
         _at_least(self, "batch_size", self.workers)
         _at_least(self, "hidden_dim", 8)

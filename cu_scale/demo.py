@@ -31,7 +31,8 @@ def demo_config(run_dir: str = "runs/demo", videos: int = 240, seed: int = 0, ov
         explicit=ExplicitConfig(
             models=("cu_scale.grounding_models:BoundaryRegressor", "cu_scale.grounding_models:SpanDETR"),
             label_sources=("pseudo", "gt", "partial"),
-            epochs=30,
+            epochs=20,
+            checkpoint_every=5,
             batch_size=32,
             hidden_dim=64,
         ),

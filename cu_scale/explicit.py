@@ -60,20 +60,13 @@ def training_targets(data: dict, source: str, pseudo_labels: str | None) -> tupl
 
 def worker_loop(config: dict):
     """Runs on every Ray Train worker; `config` is a plain dict (see `train_explicit`)."""
-    import ray.train
     import torch
 
     from cu_scale.text_encoder import QueryEncoder
-    from cu_scale.training import agree_on_steps, autocast, collect_shard, deepspeed_engine, resume, save_and_report
+    from cu_scale.training import agree_on_steps, deepspeed_engine, resume, save_and_report, start_worker
 
     settings = ExplicitConfig(**config["explicit"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(settings.seed + rank)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    data = collect_shard(ray.train.get_dataset_shard("train"), SHARD_COLUMNS)
-    torch.set_num_threads(config["torch_threads"])
+    rank, world_size, device, data = start_worker(config, settings.seed, SHARD_COLUMNS)
     start, end = training_targets(data, config["source"], config["pseudo_labels"])
     duration = data["duration"].astype(float)
     known = ~(np.isnan(start) | np.isnan(end))
@@ -104,14 +97,13 @@ def worker_loop(config: dict):
         for step in range(steps_per_epoch):
             batch = np.sort(order[step * batch_size : (step + 1) * batch_size])  # positions in rows / words
             picked = rows[batch]
-            with autocast(device):
-                out = engine(
-                    torch.as_tensor(data["features"][picked], device=device).float(),
-                    torch.as_tensor(data["mask"][picked], device=device),
-                    torch.as_tensor(words[batch], device=device).float(),
-                    torch.as_tensor(words_valid[batch], device=device),
-                )
-                total, terms = model.loss(out, torch.as_tensor(target_start[picked], device=device), torch.as_tensor(target_end[picked], device=device))
+            out = engine(
+                torch.as_tensor(data["features"][picked], device=device).float(),
+                torch.as_tensor(data["mask"][picked], device=device),
+                torch.as_tensor(words[batch], device=device).float(),
+                torch.as_tensor(words_valid[batch], device=device),
+            )
+            total, terms = model.loss(out, torch.as_tensor(target_start[picked], device=device), torch.as_tensor(target_end[picked], device=device))
             engine.backward(total)
             engine.step()
             for name, value in terms.items():
@@ -119,7 +111,8 @@ def worker_loop(config: dict):
         metrics = {f"loss_{name}": value / steps_per_epoch for name, value in sums.items()}
         metrics.update(epoch=epoch, steps=steps_per_epoch, learning_rate=float(engine.get_lr()[0]), samples=int(len(rows)), unlabelled=int((~known).sum()), resumed_from_epoch=first_epoch)
         history.append(metrics)
-        save_and_report(engine, rank, epoch, meta, metrics, history)
+        last = epoch + 1 == settings.epochs
+        save_and_report(engine, rank, epoch, meta, metrics, history, checkpoint=last or (epoch + 1) % settings.checkpoint_every == 0)
 
 
 def train_explicit(store_path: str, settings: ExplicitConfig, model: str, source: str, run_dir: str, text_model: str | None = None, max_tokens: int = 32, progress: bool = False, model_options: dict | None = None):

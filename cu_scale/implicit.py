@@ -46,7 +46,6 @@ def _clusters_for(sample_ids: np.ndarray, clusters_dir: str) -> np.ndarray:
 
 def worker_loop(config: dict):
     """Runs on every Ray Train worker; `config` is a plain dict (see `train_implicit`)."""
-    import ray.train
     import torch
 
     from cu_scale.batching import plan_epoch
@@ -54,17 +53,11 @@ def worker_loop(config: dict):
     from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig, pool_clip
     from cu_scale.losses import LossConfig, implicit_loss
     from cu_scale.text_encoder import QueryEncoder
-    from cu_scale.training import agree_on_steps, autocast, collect_shard, deepspeed_engine, resume, save_and_report
+    from cu_scale.training import agree_on_steps, deepspeed_engine, resume, save_and_report, start_worker
 
     settings = ImplicitConfig(**config["implicit"])
     batches_config = BatchConfig(**config["batches"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(settings.seed + rank)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    data = collect_shard(ray.train.get_dataset_shard("train"), SHARD_COLUMNS)
-    torch.set_num_threads(config["torch_threads"])
+    rank, world_size, device, data = start_worker(config, settings.seed, SHARD_COLUMNS)
     clusters = _clusters_for(data["sample_id"], config["clusters_dir"])
     words, words_valid = QueryEncoder(config["text_model"], max_tokens=config["max_tokens"]).encode_words(list(data["query"]))
     words = words.astype(np.float16)  # frozen features: half the memory, cast back per batch
@@ -104,14 +97,13 @@ def worker_loop(config: dict):
             extra_round += 1
         sums: dict[str, float] = {}
         for positions in batches[:steps]:
-            with autocast(device):
-                out = engine(
-                    tensor(data["features"][positions]),
-                    torch.as_tensor(data["mask"][positions], device=device),
-                    tensor(words[positions]),
-                    torch.as_tensor(words_valid[positions], device=device),
-                    tensor(anchor[positions]),
-                )
+            out = engine(
+                tensor(data["features"][positions]),
+                torch.as_tensor(data["mask"][positions], device=device),
+                tensor(words[positions]),
+                torch.as_tensor(words_valid[positions], device=device),
+                tensor(anchor[positions]),
+            )
             batch_start, batch_end = tensor(partial_start[positions]), tensor(partial_end[positions])
             v_clip = pool_clip(out.video, out.centres, out.valid, batch_start, batch_end).float() if losses.representation == "clip" else None
             total, terms = implicit_loss(

@@ -73,7 +73,8 @@ class Pipeline:
             "cluster": {"cluster": asdict(c.cluster)},
             "implicit": {"needed": self.needs_pseudo_labels, "batches": asdict(c.batches), "implicit": asdict(c.implicit)},
             "pseudo-label": {"needed": self.needs_pseudo_labels},
-            "explicit": {"explicit": asdict(c.explicit)},
+            # how often checkpoints are written does not change what is trained
+            "explicit": {"explicit": {k: v for k, v in asdict(c.explicit).items() if k != "checkpoint_every"}},
             "evaluate": {"test_split": c.explicit.test_split},
             "report": {},
         }[stage]

@@ -30,6 +30,21 @@ def collect_shard(shard, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
+def start_worker(config: dict, seed: int, columns: tuple[str, ...]):
+    """A worker's first steps in both stages: its rank, world size and device, seeded torch, and its whole
+    shard in memory (then torch gets the worker's share of the node's CPUs)."""
+    import ray.train
+    import torch
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(seed + rank)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = collect_shard(ray.train.get_dataset_shard("train"), columns)
+    torch.set_num_threads(config["torch_threads"])
+    return rank, world_size, device, data
+
+
 def cpus_per_worker(cluster_cpus: float, workers: int) -> float:
     """A worker reserves one CPU, or its share of all CPUs but one.
 
@@ -50,7 +65,12 @@ def torch_threads(cluster_cpus: float, workers: int) -> int:
 
 
 def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_decay: float, zero_stage: int, lr_schedule: str, total_steps: int, bf16: bool):
-    """`deepspeed.initialize` with AdamW, gradient clipping 1.0 and, for "cosine", 5% linear warm-up then cosine to 0."""
+    """`deepspeed.initialize` with AdamW, gradient clipping 1.0 and, for "cosine", 5% linear warm-up then cosine to 0.
+
+    On GPU the forward runs under DeepSpeed's `torch_autocast` in bf16 (fp32 master weights). Not its `bf16`
+    mode: that holds the weights themselves in bf16 while the models take fp32 inputs (features, time codes),
+    and the first step fails; nor a `torch.autocast` around the engine, which DeepSpeed switches off inside
+    its forward. Both were seen on an H200. On CPU everything is fp32."""
     import deepspeed
 
     schedule = {}
@@ -69,7 +89,7 @@ def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_dec
             "gradient_accumulation_steps": 1,
             "optimizer": {"type": "AdamW", "params": {"lr": learning_rate, "weight_decay": weight_decay, "torch_adam": True}},
             "zero_optimization": {"stage": zero_stage},
-            "bf16": {"enabled": bf16},
+            "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"},
             "gradient_clipping": 1.0,
             **schedule,
         },
@@ -90,14 +110,6 @@ def agree_on_steps(local_steps: int, world_size: int, device, minimum: bool = Fa
     return int(steps.item())
 
 
-def autocast(device):
-    """bf16 autocast on GPU, where DeepSpeed's bf16 mode holds the weights in bf16 but the models take fp32
-    inputs (features, time codes); a no-op on CPU, which trains in fp32."""
-    import torch
-
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def resume(engine) -> tuple[int, list[dict]]:
     """Load the checkpoint Ray Train hands this worker group, if any: (first epoch to run, metrics so far)."""
     import ray.train
@@ -111,10 +123,14 @@ def resume(engine) -> tuple[int, list[dict]]:
     return meta["epoch"] + 1, meta.get("history", [])
 
 
-def save_and_report(engine, rank: int, epoch: int, model_meta: dict, metrics: dict, history: list[dict]) -> None:
-    """Every rank saves its DeepSpeed state; rank 0 adds the metadata; then the report with the checkpoint."""
+def save_and_report(engine, rank: int, epoch: int, model_meta: dict, metrics: dict, history: list[dict], checkpoint: bool = True) -> None:
+    """Every rank saves its DeepSpeed state; rank 0 adds the metadata; then the report with the checkpoint.
+    Without `checkpoint`, only the metrics are reported (a checkpoint costs a save and a copy per epoch)."""
     import ray.train
 
+    if not checkpoint:
+        ray.train.report(metrics)
+        return
     with tempfile.TemporaryDirectory() as directory:
         engine.save_checkpoint(directory)
         if rank == 0:

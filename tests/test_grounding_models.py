@@ -53,3 +53,20 @@ def test_each_model_overfits_a_tiny_batch(cls):
     iou, _ = span_iou(out.start, out.end, target_start, target_end)
     assert float(iou.mean()) > 0.85, (cls.__name__, iou)
     assert set(terms) >= {"total", "l1", "giou"}
+
+
+def test_the_readme_example_model_follows_the_interface():
+    """The worked example of a user's own model in the README runs as the explicit stage runs models."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    source = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "class MeanPoolRegressor" in block)
+    namespace: dict = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    model = namespace["MeanPoolRegressor"](16, 12, hidden_dim=8, heads=2, layers=1, dropout=0.1)
+    video_valid = torch.ones(3, 5, dtype=torch.bool)
+    out = model(torch.randn(3, 5, 16), video_valid, torch.randn(3, 4, 12), torch.ones(3, 4, dtype=torch.bool))
+    total, terms = model.loss(out, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5, 0.9]))
+    total.backward()
+    assert out.start.shape == (3,) and set(terms) == {"total"}

@@ -33,6 +33,9 @@ def tiny_pipeline(tmp_path_factory, local_ray):
     root = tmp_path_factory.mktemp("pipeline")
     config = root / "run.yaml"
     config.write_text(TINY.format(root=root))
+    from cu_scale.pipeline import Pipeline
+
+    Pipeline(load_config(config), progress=False).run_stage("prepare")  # the store every test here reads
     return root, config
 
 
@@ -105,8 +108,9 @@ def test_each_explicit_model_overfits_a_tiny_store_with_ray_train_and_deepspeed(
         "run_dir": str(tmp_path),
         "explicit.models": [f"cu_scale.grounding_models:{model}"],
         "explicit.label_sources": ["gt"],
-        "explicit.epochs": 20,
-        "explicit.batch_size": 4,  # 15 steps an epoch: few epochs (each saves a checkpoint), many steps
+        "explicit.epochs": 80,
+        "explicit.batch_size": 8,
+        "explicit.checkpoint_every": 80,  # one checkpoint, at the end: the test is about the training
         "explicit.learning_rate": 0.002,
         "explicit.dropout": 0.0,
         "explicit.test_split": "train",  # overfitting: scored on the samples it trained on
