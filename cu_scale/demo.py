@@ -30,7 +30,7 @@ def demo_config(run_dir: str = "runs/demo", videos: int = 240, seed: int = 0, ov
         batches=BatchConfig(batch_size=32, clusters_per_batch=4),
         explicit=ExplicitConfig(
             models=("cu_scale.grounding_models:BoundaryRegressor", "cu_scale.grounding_models:SpanDETR"),
-            label_sources=("pseudo", "gt", "partial"),
+            label_sources=("pseudo", "gt"),
             epochs=20,
             checkpoint_every=5,
             batch_size=32,
