@@ -2,7 +2,7 @@
 
 Both stages train the same way: a `TorchTrainer` whose storage path is the run directory (so a rerun
 resumes from the stage's latest checkpoint), workers that read their Ray Data shard into memory, one
-DeepSpeed engine per worker (ZeRO stage from the config; bf16 on GPU, fp32 on CPU), one report and one
+DeepSpeed engine per worker (ZeRO stage from the config; bf16 autocast on GPU, fp32 on CPU), one report and one
 checkpoint per epoch. The checkpoint carries a small JSON file next to DeepSpeed's own files: the epoch,
 what is needed to rebuild the model, and the metrics of every epoch so far (the training curves of the
 report come from the latest checkpoint alone).

@@ -51,3 +51,13 @@ def test_errors_name_file_and_field(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value).startswith(str(path)) and message in str(error.value)
+
+
+def test_every_shipped_config_loads():
+    import pathlib
+
+    shipped = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert {p.stem for p in shipped} >= {"demo", "charades-sta-glance", "charades-sta-clip2s", "charades-sta-clip4s", "activitynet-captions"}
+    for path in shipped:
+        config = load_config(path)
+        assert config.prepare is not None and config.store and config.run_dir, path
