@@ -117,8 +117,8 @@ def _timeline(config: RunConfig, predictions: dict[str, list[dict]], plots: path
 
     if not predictions:
         return None
-    first = next(iter(predictions.values()))
-    chosen = [r for r in first if r.get("gt")][:: max(1, len([r for r in first if r.get("gt")]) // TIMELINE_QUERIES)][:TIMELINE_QUERIES]
+    with_gt = [r for r in next(iter(predictions.values())) if r.get("gt")]
+    chosen = with_gt[:: max(1, len(with_gt) // TIMELINE_QUERIES)][:TIMELINE_QUERIES]  # spread over the split
     if not chosen:
         return None
     ids = [r["sample_id"] for r in chosen]
