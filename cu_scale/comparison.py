@@ -35,6 +35,11 @@ def label_kind(config: RunConfig) -> str:
     return f"single-frame ({p.partial})"
 
 
+def stage_seconds(config: RunConfig) -> float:
+    """The wall time the run's stages took when they ran, from their markers (a rerun skips them)."""
+    return sum(json.loads(p.read_text())["seconds"] for p in (pathlib.Path(config.run_dir) / "stages").glob("*.json"))
+
+
 def run_comparison(config_paths: list[str], overrides: dict, progress: bool = True) -> dict[str, list[dict]]:
     """Run each config's pipeline; returns {model class name: rows}, each row {name, source, metrics, pseudo mIoU}."""
     from cu_scale.pipeline import METRICS_FILE, Pipeline
@@ -44,6 +49,7 @@ def run_comparison(config_paths: list[str], overrides: dict, progress: bool = Tr
         config = load_config(path, overrides)
         print(f"== {path} → {config.run_dir}", flush=True)
         Pipeline(config, progress=progress).run()
+        print(f"   its stages took {stage_seconds(config) / 60:.1f} min of wall time when they ran (RUN_DIR/stages/*.json)", flush=True)
         metrics = json.loads((pathlib.Path(config.run_dir) / METRICS_FILE).read_text())
         pseudo = (metrics.get("pseudo_labels") or {}).get("pseudo-labels")
         for result in metrics["explicit"].values():
