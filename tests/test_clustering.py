@@ -61,10 +61,10 @@ def test_encode_is_resumable_and_cluster_writes_assignments(demo_run, capsys):
     root, config = demo_run
     store = FeatureStore(root / "store")
     assert main(["encode", str(config), "--quiet"]) == 0
-    assert "encoded 225 queries" in capsys.readouterr().out
+    assert "encode       225 queries" in capsys.readouterr().out
     assert main(["encode", str(config), "--quiet"]) == 0  # resumes: nothing left to do
     out = capsys.readouterr().out
-    assert "encoded 0 queries" in out and "1 of 1 shards were done already" in out
+    assert "encode       0 queries" in out and "1 of 1 shards were done already" in out
 
     assert main(["cluster", str(config)]) == 0
     out = capsys.readouterr().out
