@@ -245,7 +245,7 @@ class Pipeline:
 
     def _explicit(self) -> dict:
         from cu_scale.explicit import stage_name, train_explicit
-        from cu_scale.training import latest_checkpoint, read_checkpoint
+        from cu_scale.training import checkpoint_meta, latest_checkpoint
 
         c = self.config
         start_ray()
@@ -255,7 +255,7 @@ class Pipeline:
                 name = stage_name(model, source)
                 stage_dir = self.run_dir / "explicit" / name
                 if list(stage_dir.glob("checkpoint_2*")):
-                    meta, _ = read_checkpoint(latest_checkpoint(stage_dir))
+                    meta = checkpoint_meta(latest_checkpoint(stage_dir))
                     if meta["epoch"] + 1 >= c.explicit.epochs:
                         self.say(f"explicit     {name}: trained already ({meta['epoch'] + 1} epochs)")
                         summary[name] = meta["metrics"]

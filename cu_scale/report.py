@@ -33,14 +33,13 @@ def _markdown_table(rows: dict[str, dict], extra: tuple[str, ...] = ()) -> list[
 def _training_curves(run_dir: pathlib.Path, plots: pathlib.Path) -> pathlib.Path | None:
     import matplotlib.pyplot as plt
 
-    from cu_scale.training import CHECKPOINT_META, latest_checkpoint
+    from cu_scale.training import checkpoint_meta, latest_checkpoint
 
     stages = [run_dir / "implicit"] + sorted((run_dir / "explicit").glob("*"))
     curves = {}
     for stage_dir in stages:
         if list(stage_dir.glob("checkpoint_2*")):
-            meta = json.loads((latest_checkpoint(stage_dir) / CHECKPOINT_META).read_text())
-            curves[stage_dir.name] = [m["loss_total"] for m in meta.get("history", [])]
+            curves[stage_dir.name] = [m["loss_total"] for m in checkpoint_meta(latest_checkpoint(stage_dir)).get("history", [])]
     if not curves:
         return None
     figure, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.8), squeeze=False)

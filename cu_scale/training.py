@@ -209,12 +209,17 @@ def latest_checkpoint(stage_dir: str | os.PathLike) -> pathlib.Path:
     return checkpoints[-1]
 
 
+def checkpoint_meta(checkpoint_dir: str | os.PathLike) -> dict:
+    """The metadata `save_and_report` wrote: epoch, model, metrics, and every epoch's metrics so far."""
+    return json.loads((pathlib.Path(checkpoint_dir) / CHECKPOINT_META).read_text())
+
+
 def read_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[dict, dict]:
     """(metadata, model state dict) of a DeepSpeed checkpoint written by `save_and_report`."""
     import torch
 
     directory = pathlib.Path(checkpoint_dir)
-    meta = json.loads((directory / CHECKPOINT_META).read_text())
+    meta = checkpoint_meta(directory)
     tag = (directory / "latest").read_text().strip()
     states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     return meta, states["module"]
