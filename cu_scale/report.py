@@ -21,6 +21,15 @@ from cu_scale.config import RunConfig
 TIMELINE_QUERIES = 6
 
 
+def _save(figure, path: pathlib.Path) -> pathlib.Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def _markdown_table(rows: dict[str, dict], extra: tuple[str, ...] = ()) -> list[str]:
     columns = ("R@0.3", "R@0.5", "R@0.7", "mIoU", *extra)
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
@@ -49,11 +58,7 @@ def _training_curves(run_dir: pathlib.Path, plots: pathlib.Path) -> pathlib.Path
         axis.set_xlabel("epoch")
         axis.set_ylabel("total loss")
         axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = plots / "training_curves.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, plots / "training_curves.png")
 
 
 def _iou_histogram(predictions: dict[str, list[dict]], plots: pathlib.Path) -> pathlib.Path | None:
@@ -73,11 +78,7 @@ def _iou_histogram(predictions: dict[str, list[dict]], plots: pathlib.Path) -> p
     axis.set_xlabel("temporal IoU with ground truth (test split)")
     axis.set_ylabel("queries")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    path = plots / "iou_histogram.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, plots / "iou_histogram.png")
 
 
 def _test_pseudo_labels(config: RunConfig, sample_ids: list[str]) -> dict[str, tuple[float, float]]:
@@ -146,11 +147,7 @@ def _timeline(config: RunConfig, predictions: dict[str, list[dict]], plots: path
         axis.invert_yaxis()
         axis.set_title(f"{record['query']}  ({record['video_id']}, {duration:.1f} s)", fontsize=8, loc="left")
     axes[-1, 0].set_xlabel("seconds")
-    figure.tight_layout()
-    path = plots / "timeline.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, plots / "timeline.png")
 
 
 def write_report(config: RunConfig) -> pathlib.Path:
