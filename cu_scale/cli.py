@@ -30,8 +30,50 @@ def _peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _run_submit(args) -> int:
+    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
+    client = client_for(args.address)
+    job_id = submit(client, entrypoint, runtime_env)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
+    return 0 if status == "SUCCEEDED" else 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # prepare
+def _run_submit(args) -> int:
+    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
+    client = client_for(args.address)
+    job_id = submit(client, entrypoint, runtime_env)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
+    return 0 if status == "SUCCEEDED" else 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -114,8 +156,50 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser):
     feats.add_argument("--world-seed", type=int, default=0, help="simulator seed of the concept vectors and feature map (default 0)")
 
 
+def _run_submit(args) -> int:
+    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
+    client = client_for(args.address)
+    job_id = submit(client, entrypoint, runtime_env)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
+    return 0 if status == "SUCCEEDED" else 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # store info, demo
+def _run_submit(args) -> int:
+    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
+    client = client_for(args.address)
+    job_id = submit(client, entrypoint, runtime_env)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
+    return 0 if status == "SUCCEEDED" else 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -134,12 +218,54 @@ def _run_store_info(args) -> int:
     return 0
 
 
+def _run_submit(args) -> int:
+    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
+    client = client_for(args.address)
+    job_id = submit(client, entrypoint, runtime_env)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
+    return 0 if status == "SUCCEEDED" else 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the pipeline: demo, run, single stages, compare
+def _run_submit(args) -> int:
+    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
+    client = client_for(args.address)
+    job_id = submit(client, entrypoint, runtime_env)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
+    return 0 if status == "SUCCEEDED" else 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict:
     import yaml
 
     overrides = {}
@@ -154,13 +280,14 @@ def _parse_overrides(items: list[str]) -> dict:
 def _load(args):
     from cu_scale.config import load_config
 
-    return load_config(args.config, _parse_overrides(args.set))
+    return load_config(args.config, parse_overrides(args.set))
 
 
-def _print_results(run_dir: pathlib.Path) -> None:
+def print_results(run_dir: str | pathlib.Path) -> None:
     from cu_scale.console import metrics_table
     from cu_scale.pipeline import METRICS_FILE
 
+    run_dir = pathlib.Path(run_dir)
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     print(f"\ntest split: explicit models (R@1, percent)\n{metrics_table(metrics['explicit'])}")
     if metrics.get("pseudo_labels"):
@@ -172,11 +299,11 @@ def _run_demo(args) -> int:
     from cu_scale.demo import demo_config
     from cu_scale.pipeline import Pipeline
 
-    config = demo_config(args.out, videos=args.videos, seed=args.seed, overrides=_parse_overrides(args.set))
+    config = demo_config(args.out, videos=args.videos, seed=args.seed, overrides=parse_overrides(args.set))
     started = time.perf_counter()
     # The demo world is rebuilt every time: results of an earlier demo belong to another corpus.
     Pipeline(config, progress=not args.quiet).run(start_from="prepare")
-    _print_results(pathlib.Path(config.run_dir))
+    print_results(pathlib.Path(config.run_dir))
     print(f"demo ready in {time.perf_counter() - started:.1f} s under {args.out}")
     return 0
 
@@ -187,7 +314,7 @@ def _run_run(args) -> int:
     config = _load(args)
     started = time.perf_counter()
     Pipeline(config, progress=not args.quiet).run(start_from=args.start_from)
-    _print_results(pathlib.Path(config.run_dir))
+    print_results(pathlib.Path(config.run_dir))
     print(f"run finished in {time.perf_counter() - started:.1f} s under {config.run_dir}")
     return 0
 
@@ -203,7 +330,7 @@ def _run_compare(args) -> int:
     from cu_scale.comparison import comparison_table, run_comparison
 
     started = time.perf_counter()
-    rows = run_comparison(args.configs, _parse_overrides(args.set), progress=not args.quiet)
+    rows = run_comparison(args.configs, parse_overrides(args.set), progress=not args.quiet)
     print(f"\nTable I/IV: explicit models on the test split, by the labels they were trained on ({time.perf_counter() - started:.0f} s)")
     print(comparison_table(rows))
     return 0
@@ -243,6 +370,27 @@ def _run_ablate(args) -> int:
     print(f"Table II: pseudo-label quality with subsets of the four contrasts ({time.perf_counter() - started:.0f} s)")
     print(format_table(results))
     return 0
+
+
+def _run_submit(args) -> int:
+    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
+    client = client_for(args.address)
+    job_id = submit(client, entrypoint, runtime_env)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
+    return 0 if status == "SUCCEEDED" else 1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,6 +481,22 @@ def build_parser() -> argparse.ArgumentParser:
     config_arguments(ablate)
     ablate.add_argument("--rows", help="comma-separated rows to run (default: A1,A2,A3,A4,A5,A6); finished rows are reused")
     ablate.set_defaults(run=_run_ablate)
+
+    submit = commands.add_parser(
+        "submit",
+        help="run CONFIG (or one --stage) as a Ray job on a cluster, stream its log and exit with its outcome",
+        description="Submits `python -m jobs.run` through Ray's JobSubmissionClient with the working directory as the job's runtime env. "
+        "Clusters with token authentication (Ray's default): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN).",
+    )
+    config_arguments(submit)
+    submit.add_argument("--address", required=True, metavar="URL", help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--root", metavar="DIR", help="resolve the config's relative paths under DIR, a directory every node of the cluster sees")
+    submit.add_argument("--working-dir", default=".", metavar="DIR", help="the cu-scale checkout to upload (default: .)")
+    which = submit.add_mutually_exclusive_group()
+    which.add_argument("--stage", choices=STAGES, help="run this stage alone (its inputs must exist)")
+    which.add_argument("--from", dest="start_from", choices=STAGES, metavar="STAGE", help="redo the run from this stage")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    submit.set_defaults(run=_run_submit)
 
     evaluate = commands.add_parser("evaluate", help="recompute R@0.3/0.5/0.7 and mIoU from a predictions file (JSON Lines)")
     evaluate.add_argument("predictions", metavar="PREDICTIONS", help="a .jsonl file: sample_id, pred [s, e], gt [s, e] (and optional duration) per line")

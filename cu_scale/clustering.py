@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from cu_scale.config import ClusterConfig
 from cu_scale.encode import read_embeddings
+from cu_scale.monitoring import CLUSTERED_QUERIES, Progress
 from cu_scale.store import FeatureStore
 
 CLUSTERS_DIR = "clusters"
@@ -133,6 +134,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
         config.seed,
         config.max_points_per_centroid,
     )
+    progress = Progress(CLUSTERED_QUERIES, "queries assigned to clusters", store=store.path.name)
     staging = out.with_name(out.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     sizes = np.zeros(config.k, np.int64)
@@ -141,6 +143,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
     for index, shard in enumerate(store.shards):
         sample_ids, embeddings = split_embeddings(store, index, config.split)
         ids, _ = model.assign(embeddings, config.memberships)
+        progress.add(len(ids))
         zero_ids += [sample_ids[i] for i in np.flatnonzero(np.linalg.norm(embeddings, axis=1) == 0)]
         np.add.at(sizes, ids.reshape(-1), 1)
         np.add.at(primary_sizes, ids[:, 0], 1)

@@ -335,3 +335,35 @@ def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunCo
     except ConfigError as error:
         raise ConfigError(f"{path}: batches.{error} (implicit.workers)") from None
     return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), source=source, **built)
+
+
+# Every field of a run configuration that names a file or directory.
+PATH_FIELDS = ("store", "run_dir", "prepare.annotations", "prepare.features", "encode.model")
+
+
+def resolve_paths(config: RunConfig, root: str | os.PathLike | None) -> RunConfig:
+    """The config with every relative path of PATH_FIELDS made absolute under `root`.
+
+    A Ray job runs in a temporary copy of its working directory, so a relative path there would write the
+    run into a directory the cluster deletes, and would not find the annotations. Without a root, a
+    relative path is an error that names the fields.
+    """
+    changes: dict[str, dict] = {}
+    relative = []
+    for name in PATH_FIELDS:
+        section, _, field = name.rpartition(".")
+        owner = getattr(config, section) if section else config
+        value = getattr(owner, field) if owner is not None else None
+        if value is None or pathlib.Path(value).is_absolute() or "://" in value:
+            continue
+        relative.append(f"{name}: {value}")
+        if root is not None:
+            changes.setdefault(section, {})[field] = str(pathlib.Path(root).resolve() / value)
+    if relative and root is None:
+        raise ConfigError(
+            f"{config.source}: relative paths ({'; '.join(relative)}) mean nothing inside a Ray job, which runs in a temporary "
+            "copy of the working directory: give --root DIR (a directory every node sees) or absolute paths with --set"
+        )
+    top = changes.pop("", {})
+    sections = {section: dataclasses.replace(getattr(config, section), **fields) for section, fields in changes.items()}
+    return dataclasses.replace(config, **top, **sections)

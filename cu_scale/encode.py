@@ -34,11 +34,13 @@ class ShardEncoder:
     def __init__(self, store_path: str, model: str | None, device: str, batch_size: int, max_tokens: int, threads: int):
         import torch
 
+        from cu_scale.monitoring import ENCODED_QUERIES, Progress
         from cu_scale.text_encoder import QueryEncoder
 
         torch.set_num_threads(threads)  # Ray starts actors with one thread unless told otherwise
         self.encoder = QueryEncoder(model, device=device, max_tokens=max_tokens)
         self.store_path, self.batch_size = pathlib.Path(store_path), batch_size
+        self.progress = Progress(ENCODED_QUERIES, "queries embedded by the encode stage", store=self.store_path.name)
 
     def __call__(self, batch: dict) -> dict:
         counts = []
@@ -51,6 +53,7 @@ class ShardEncoder:
             for i in range(0, len(queries), self.batch_size):
                 rows = order[i : i + self.batch_size]
                 embeddings[rows] = self.encoder.encode_sentences([queries[r] for r in rows])
+                self.progress.add(len(rows))
             table = pa.Table.from_arrays(
                 [samples.column("sample_id"), pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), self.encoder.dim)],
                 schema=embedding_schema(self.encoder.dim),

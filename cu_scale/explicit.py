@@ -62,6 +62,7 @@ def worker_loop(config: dict):
     """Runs on every Ray Train worker; `config` is a plain dict (see `train_explicit`)."""
     import torch
 
+    from cu_scale.monitoring import TrainingMonitor
     from cu_scale.text_encoder import QueryEncoder
     from cu_scale.training import agree_on_steps, deepspeed_engine, resume, save_and_report, start_worker
 
@@ -88,6 +89,7 @@ def worker_loop(config: dict):
         zero_stage=settings.zero_stage, lr_schedule=settings.lr_schedule, total_steps=settings.epochs * steps_per_epoch, bf16=bf16,
     )
     first_epoch, history = resume(engine)
+    monitor = TrainingMonitor(**config["monitor"], rank=rank)
     meta = {"class": config["model"], "video_dim": int(data["features"].shape[2]), "word_dim": int(words.shape[2]), "options": model_options, "source": config["source"]}
 
     for epoch in range(first_epoch, settings.epochs):
@@ -106,17 +108,21 @@ def worker_loop(config: dict):
             total, terms = model.loss(out, torch.as_tensor(target_start[picked], device=device), torch.as_tensor(target_end[picked], device=device))
             engine.backward(total)
             engine.step()
+            monitor.step(len(batch))
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
         metrics = {f"loss_{name}": value / steps_per_epoch for name, value in sums.items()}
         metrics.update(epoch=epoch, steps=steps_per_epoch, learning_rate=float(engine.get_lr()[0]), samples=int(len(rows)), unlabelled=int((~known).sum()), resumed_from_epoch=first_epoch)
+        metrics["samples_per_second"] = monitor.epoch(epoch, metrics)
         history.append(metrics)
         last = epoch + 1 == settings.epochs
         save_and_report(engine, rank, epoch, meta, metrics, history, checkpoint=last or (epoch + 1) % settings.checkpoint_every == 0)
+    monitor.close()
 
 
 def train_explicit(store_path: str, settings: ExplicitConfig, model: str, source: str, run_dir: str, text_model: str | None = None, max_tokens: int = 32, progress: bool = False, model_options: dict | None = None):
     """Train `model` on `source` labels into RUN_DIR/explicit/<Model>-<source>; returns Ray Train's Result."""
+    from cu_scale.monitoring import training_monitor_settings
     from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE
     from cu_scale.store import FeatureStore
     from cu_scale.text_encoder import default_model_path
@@ -136,7 +142,8 @@ def train_explicit(store_path: str, settings: ExplicitConfig, model: str, source
         "max_tokens": max_tokens,
     }
     return fit(
-        worker_loop, loop_config, name=stage_name(model, source), run_dir=str(pathlib.Path(run_dir) / "explicit"), workers=settings.workers,
+        worker_loop, {**loop_config, "monitor": training_monitor_settings(run_dir, f"explicit/{stage_name(model, source)}")},
+        name=stage_name(model, source), run_dir=str(pathlib.Path(run_dir) / "explicit"), workers=settings.workers,
         max_failures=settings.max_failures, datasets={"train": FeatureStore(store_path).examples_dataset(split="train")},
         epochs=settings.epochs, progress=progress,
     )

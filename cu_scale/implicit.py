@@ -52,6 +52,7 @@ def worker_loop(config: dict):
     from cu_scale.config import BatchConfig
     from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig, pool_clip
     from cu_scale.losses import LossConfig, implicit_loss
+    from cu_scale.monitoring import TrainingMonitor
     from cu_scale.text_encoder import QueryEncoder
     from cu_scale.training import agree_on_steps, deepspeed_engine, resume, save_and_report, start_worker
 
@@ -83,6 +84,7 @@ def worker_loop(config: dict):
     losses = LossConfig(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(LossConfig)})
 
     first_epoch, history = resume(engine)
+    monitor = TrainingMonitor(**config["monitor"], rank=rank)
 
     def tensor(array, dtype=torch.float32):
         return torch.as_tensor(array, device=device).to(dtype)
@@ -113,6 +115,7 @@ def worker_loop(config: dict):
             )
             engine.backward(total)
             engine.step()
+            monitor.step(len(positions))
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
         metrics = {f"loss_{name}": value / max(steps, 1) for name, value in sums.items()}
@@ -120,17 +123,21 @@ def worker_loop(config: dict):
             epoch=epoch, steps=steps, learning_rate=float(engine.get_lr()[0]), samples=len(data["sample_id"]), steepness=float(model.steepness.detach()),
             resumed_from_epoch=first_epoch,  # > 0 when this worker group started from a checkpoint
         )
+        metrics["samples_per_second"] = monitor.epoch(epoch, metrics)
         history.append(metrics)
         save_and_report(engine, rank, epoch, dataclasses.asdict(model.config), metrics, history)
+    monitor.close()
 
 
 def train_implicit(store_path: str, clusters_dir: str, settings: ImplicitConfig, batches, run_dir: str, text_model: str | None = None, max_tokens: int = 32, progress: bool = False):
     """Train the implicit stage into RUN_DIR/implicit; returns Ray Train's Result (last epoch's metrics, latest checkpoint)."""
+    from cu_scale.monitoring import training_monitor_settings
     from cu_scale.store import FeatureStore
     from cu_scale.text_encoder import default_model_path
     from cu_scale.training import fit
 
     loop_config = {
+        "monitor": training_monitor_settings(run_dir, "implicit"),
         "implicit": dataclasses.asdict(settings),
         "batches": dataclasses.asdict(batches.per_worker(settings.workers)),
         "clusters_dir": str(pathlib.Path(clusters_dir).resolve()),

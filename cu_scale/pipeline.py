@@ -194,6 +194,7 @@ class Pipeline:
         from cu_scale.clustering import cluster_store, clusters_dir
         from cu_scale.store import FeatureStore
 
+        start_ray()  # only for the progress metric: faiss runs here, in the driver
         summary = cluster_store(self.config.store, self.config.cluster)
         self.say(describe_clusters(summary, clusters_dir(FeatureStore(self.config.store), self.config.cluster)))
         return summary

@@ -28,10 +28,11 @@ PSEUDO_LABELS_FILE = "pseudo_labels.parquet"
 class PseudoLabeler:
     """A Ray Data actor: implicit model + query encoder; one batch of examples in, their pseudo-labels out."""
 
-    def __init__(self, checkpoint_dir: str, text_model: str, max_tokens: int, threads: int):
+    def __init__(self, checkpoint_dir: str, text_model: str, max_tokens: int, threads: int, run: str):
         import torch
 
         from cu_scale.implicit import load_implicit_model
+        from cu_scale.monitoring import PSEUDO_LABELLED_SAMPLES, Progress
         from cu_scale.text_encoder import QueryEncoder
 
         torch.set_num_threads(threads)
@@ -39,6 +40,7 @@ class PseudoLabeler:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_implicit_model(checkpoint_dir).to(self.device)
         self.encoder = QueryEncoder(text_model, device=self.device, max_tokens=max_tokens)
+        self.progress = Progress(PSEUDO_LABELLED_SAMPLES, "training samples pseudo-labelled", run=run)
 
     def __call__(self, batch: dict) -> dict:
         torch = self.torch
@@ -53,6 +55,7 @@ class PseudoLabeler:
                 torch.as_tensor(words_valid, device=self.device),
                 torch.as_tensor(anchor, device=self.device).float(),
             )
+        self.progress.add(len(duration))
         return {
             "sample_id": batch["sample_id"],
             "pseudo_start": out.start.cpu().numpy() * duration,
@@ -73,11 +76,12 @@ def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: st
     from cu_scale.text_encoder import default_model_path
 
     store = FeatureStore(store_path)
+    out = pathlib.Path(out_dir)
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= actors
     predictions = store.examples_dataset(split="train").map_batches(
         PseudoLabeler,
-        fn_constructor_kwargs={"checkpoint_dir": str(checkpoint_dir), "text_model": str(text_model or default_model_path()), "max_tokens": max_tokens, "threads": threads},
+        fn_constructor_kwargs={"checkpoint_dir": str(checkpoint_dir), "text_model": str(text_model or default_model_path()), "max_tokens": max_tokens, "threads": threads, "run": out.resolve().name},
         batch_size=128,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0,
@@ -85,7 +89,6 @@ def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: st
     )
     parts = [pa.Table.from_pydict(batch) for batch in predictions.iter_batches(batch_size=None, batch_format="numpy")]
     table = pa.concat_tables(parts)
-    out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / PSEUDO_LABELS_FILE)
     return {"rows": table.num_rows, "metrics": score_pseudo_labels(table.to_pydict())}

@@ -1,0 +1,202 @@
+"""Jobs on a real Ray head: `ray start --head` with token authentication (Ray 2.60's default) and the dashboard on
+127.0.0.1; the demo pipeline submitted with `ray job submit` and with `cu-scale submit`; the project's metrics
+read from the head's metrics endpoint; the head stopped at the end (only this head: `ray stop` would stop
+every Ray on the machine)."""
+
+import os
+import pathlib
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from cu_scale.cli import main
+from cu_scale.config import ConfigError, load_config, resolve_paths
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+# The demo config made tiny, as a user would with --set.
+TINY = [
+    "prepare.videos=40", "prepare.steps=16", "prepare.feature_dim=64", "cluster.k=4", "batches.batch_size=16", "batches.clusters_per_batch=2",
+    "implicit.epochs=1", "implicit.hidden_dim=32", "implicit.heads=2",
+    "explicit.models=[cu_scale.grounding_models:BoundaryRegressor]", "explicit.label_sources=[pseudo]", "explicit.epochs=1",
+    "explicit.batch_size=16", "explicit.hidden_dim=32", "explicit.heads=2", "explicit.layers=1",
+]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head of our own: free ports for every service, its own temp dir and token file."""
+    temp = pathlib.Path(tempfile.mkdtemp(prefix="cuh", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    token = temp / "token"
+    token.write_text(secrets.token_hex(32))
+    gcs, dashboard, agent, agent_grpc, runtime_env, node_manager, object_manager, metrics, client = _free_ports(9)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this environment's
+        "RAY_metrics_report_interval_ms": "1000",  # metrics reach the endpoint within a second, not ten
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+    }
+    env.pop("RAY_ADDRESS", None)
+    command = [
+        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "2", "--temp-dir", str(temp / "ray"),
+        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
+        "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager), "--metrics-export-port", str(metrics),
+        "--ray-client-server-port", str(client),
+    ]
+    log = open(temp / "head.log", "w")
+    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5)
+                break
+            except OSError as error:  # refused until it listens; 401 once it does
+                if getattr(error, "code", None) == 401:
+                    break
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Ray head did not start: {(temp / 'head.log').read_text()[-3000:]}") from None
+                time.sleep(1)
+        yield {"address": address, "env": env, "metrics": f"http://127.0.0.1:{metrics}/metrics", "temp": temp}
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        for pid in _processes_mentioning(str(temp)):  # anything of this head's that outlived it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+class MetricsRecorder(threading.Thread):
+    """Reads the head's metrics endpoint every second while jobs run: each metric name seen, with its lines."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.seen, self.stop = url, {}, threading.Event()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            try:
+                text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("ray_cu_scale_"):
+                    self.seen.setdefault(re.split(r"[{ ]", line, maxsplit=1)[0], []).append(line)
+
+
+def test_the_demo_pipeline_runs_as_a_job_with_ray_job_submit_and_with_cu_scale_submit(ray_head, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "root"
+    recorder = MetricsRecorder(ray_head["metrics"])
+    recorder.start()
+    sets = [arg for item in TINY for arg in ("--set", item)]
+
+    # 1. Ray's own CLI, as the README shows it.
+    submitted = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", str(REPO), "--",
+         "python", "-m", "jobs.run", "--config", "configs/demo.yaml", "--root", str(root), "--quiet", *sets],
+        env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "succeeded" in submitted.stdout.lower() and "run finished" in submitted.stdout
+    assert (root / "runs" / "demo" / "metrics.json").is_file() and (root / "runs" / "demo" / "report.md").is_file()
+    assert list((root / "runs" / "demo" / "tensorboard" / "implicit").glob("events.out.tfevents.*"))
+
+    # 2. `cu-scale submit`, redoing the run from the evaluate stage; the token comes from the environment.
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(key, ray_head["env"][key])
+    monkeypatch.chdir(REPO)
+    before = (root / "runs" / "demo" / "metrics.json").stat().st_mtime
+    code = main(["submit", "configs/demo.yaml", "--address", ray_head["address"], "--root", str(root), "--from", "evaluate", "--quiet", *sets])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "✓ implicit" in out and "skipped" in out and re.search(r"job raysubmit_\w+ SUCCEEDED", out)
+    assert (root / "runs" / "demo" / "metrics.json").stat().st_mtime > before
+
+    # 3. The project's metrics, from the head's metrics endpoint.
+    deadline = time.monotonic() + 30
+    wanted = {"ray_cu_scale_encoded_queries_total", "ray_cu_scale_train_loss", "ray_cu_scale_train_samples_per_second"}
+    while not wanted <= set(recorder.seen) and time.monotonic() < deadline:
+        time.sleep(1)
+    recorder.stop.set()
+    assert wanted <= set(recorder.seen), sorted(recorder.seen)
+    assert any('term="raml"' in line and 'stage="implicit"' in line for line in recorder.seen["ray_cu_scale_train_loss"])
+    assert any('store="store"' in line for line in recorder.seen["ray_cu_scale_encoded_queries_total"])
+
+
+def test_a_job_fails_with_a_nonzero_exit_and_no_token_is_refused_with_what_to_set(ray_head, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(key, ray_head["env"][key])
+    # The pseudo-label stage alone, before any implicit checkpoint exists: the job fails, and so does the command.
+    code = main(["submit", "configs/demo.yaml", "--address", ray_head["address"], "--root", str(tmp_path), "--stage", "pseudo-label", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1 and re.search(r"job raysubmit_\w+ FAILED", out) and "no checkpoint under" in out
+
+    # A client without the token (a fresh process: Ray caches a token once it has read one).
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
+    refused = subprocess.run(
+        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_head["address"], "--root", str(tmp_path), "--no-wait"],
+        env={**env, "HOME": str(tmp_path)}, cwd=REPO, capture_output=True, text=True, timeout=120,  # no ~/.ray/auth_token either
+    )
+    assert refused.returncode == 2 and "RAY_AUTH_MODE=token" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_relative_paths_are_resolved_under_the_root_or_refused_by_name(tmp_path, capsys):
+    config = load_config(REPO / "configs" / "demo.yaml")
+    with pytest.raises(ConfigError, match=r"store: runs/demo/store; run_dir: runs/demo.*--root"):
+        resolve_paths(config, None)
+    resolved = resolve_paths(config, tmp_path)
+    assert resolved.store == str(tmp_path / "runs/demo/store") and resolved.run_dir == str(tmp_path / "runs/demo")
+    assert resolved.implicit == config.implicit and resolve_paths(resolved, None) == resolved
+    # The job entrypoint refuses before it touches Ray; `cu-scale submit` refuses before it uploads anything.
+    import jobs.run
+
+    assert jobs.run.main(["--config", str(REPO / "configs" / "demo.yaml")]) == 2
+    assert "relative paths" in capsys.readouterr().err
+    assert main(["submit", str(REPO / "configs" / "demo.yaml"), "--address", "http://127.0.0.1:9", "--working-dir", str(REPO)]) == 2
+    assert "--root DIR" in capsys.readouterr().err
+    outside = tmp_path / "outside.yaml"
+    outside.write_text((REPO / "configs" / "demo.yaml").read_text())
+    assert main(["submit", str(outside), "--address", "http://127.0.0.1:9", "--root", str(tmp_path), "--working-dir", str(REPO)]) == 2
+    assert "must lie inside the uploaded working directory" in capsys.readouterr().err
