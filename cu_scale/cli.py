@@ -24,10 +24,25 @@ from cu_scale.evaluation import PredictionsError
 from cu_scale.store import FeatureStore, LabelPolicy, StoreError, StoreRejectError
 
 DEMO_DIR = "runs/demo"
+DEFAULT_SEARCH = pathlib.Path(__file__).resolve().parents[1] / "tune" / "default.yaml"
 
 
 def _peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _run_tune(args) -> int:
+    from cu_scale.search import load_search, run_search, trials_table
+
+    config = _load(args)
+    settings = load_search(args.space, config)
+    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
+    result = run_search(config, settings, out)
+    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
+    print(trials_table(result["rows"]))
+    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
+    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
+    return 0
 
 
 def _run_submit(args) -> int:
@@ -53,6 +68,20 @@ def _run_submit(args) -> int:
 
 # ----------------------------------------------------------------------------------------------------------
 # prepare
+def _run_tune(args) -> int:
+    from cu_scale.search import load_search, run_search, trials_table
+
+    config = _load(args)
+    settings = load_search(args.space, config)
+    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
+    result = run_search(config, settings, out)
+    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
+    print(trials_table(result["rows"]))
+    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
+    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
+    return 0
+
+
 def _run_submit(args) -> int:
     from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
@@ -156,6 +185,20 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser):
     feats.add_argument("--world-seed", type=int, default=0, help="simulator seed of the concept vectors and feature map (default 0)")
 
 
+def _run_tune(args) -> int:
+    from cu_scale.search import load_search, run_search, trials_table
+
+    config = _load(args)
+    settings = load_search(args.space, config)
+    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
+    result = run_search(config, settings, out)
+    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
+    print(trials_table(result["rows"]))
+    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
+    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
+    return 0
+
+
 def _run_submit(args) -> int:
     from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
@@ -179,6 +222,20 @@ def _run_submit(args) -> int:
 
 # ----------------------------------------------------------------------------------------------------------
 # store info, demo
+def _run_tune(args) -> int:
+    from cu_scale.search import load_search, run_search, trials_table
+
+    config = _load(args)
+    settings = load_search(args.space, config)
+    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
+    result = run_search(config, settings, out)
+    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
+    print(trials_table(result["rows"]))
+    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
+    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
+    return 0
+
+
 def _run_submit(args) -> int:
     from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
@@ -218,6 +275,20 @@ def _run_store_info(args) -> int:
     return 0
 
 
+def _run_tune(args) -> int:
+    from cu_scale.search import load_search, run_search, trials_table
+
+    config = _load(args)
+    settings = load_search(args.space, config)
+    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
+    result = run_search(config, settings, out)
+    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
+    print(trials_table(result["rows"]))
+    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
+    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
+    return 0
+
+
 def _run_submit(args) -> int:
     from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
@@ -241,6 +312,20 @@ def _run_submit(args) -> int:
 
 # ----------------------------------------------------------------------------------------------------------
 # the pipeline: demo, run, single stages, compare
+def _run_tune(args) -> int:
+    from cu_scale.search import load_search, run_search, trials_table
+
+    config = _load(args)
+    settings = load_search(args.space, config)
+    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
+    result = run_search(config, settings, out)
+    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
+    print(trials_table(result["rows"]))
+    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
+    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
+    return 0
+
+
 def _run_submit(args) -> int:
     from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
@@ -372,6 +457,20 @@ def _run_ablate(args) -> int:
     return 0
 
 
+def _run_tune(args) -> int:
+    from cu_scale.search import load_search, run_search, trials_table
+
+    config = _load(args)
+    settings = load_search(args.space, config)
+    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
+    result = run_search(config, settings, out)
+    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
+    print(trials_table(result["rows"]))
+    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
+    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
+    return 0
+
+
 def _run_submit(args) -> int:
     from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
@@ -481,6 +580,17 @@ def build_parser() -> argparse.ArgumentParser:
     config_arguments(ablate)
     ablate.add_argument("--rows", help="comma-separated rows to run (default: A1,A2,A3,A4,A5,A6); finished rows are reused")
     ablate.set_defaults(run=_run_ablate)
+
+    search = commands.add_parser(
+        "tune",
+        help="Ray Tune search (ASHA) over λ, τ, K, the margins, N and the annotation clip length: trial table, best config, frontier plot",
+        description="Trials run the implicit stage and are scored by pseudo-label mIoU on a validation part of the training set. "
+        "Rerunning with the same --out resumes an interrupted search.",
+    )
+    config_arguments(search)
+    search.add_argument("--space", default=str(DEFAULT_SEARCH), metavar="FILE", help=f"the search (default {DEFAULT_SEARCH.relative_to(DEFAULT_SEARCH.parents[1])})")
+    search.add_argument("--out", metavar="DIR", help="search directory (default RUN_DIR/search)")
+    search.set_defaults(run=_run_tune)
 
     submit = commands.add_parser(
         "submit",

@@ -286,19 +286,24 @@ def _build_section(cls, values, where: str):
         raise ConfigError(f"{where}.{error}") from None
 
 
-def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
-    """Read and validate a run configuration; `overrides` maps dotted keys to values (``{"cluster.k": 64}``)."""
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file that must hold a mapping; errors name the file (and the line of a syntax error)."""
     path = pathlib.Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what} file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return build_config(raw, str(path), overrides)
+        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a run configuration; `overrides` maps dotted keys to values (``{"cluster.k": 64}``)."""
+    return build_config(read_yaml_mapping(path), str(path), overrides)
 
 
 def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunConfig:

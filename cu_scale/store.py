@@ -572,4 +572,6 @@ class FeatureStore:
                 out.append(join_shard(videos, samples, dim, steps))
             return {key: np.concatenate([o[key] for o in out]) for key in out[0]}
 
-        return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(load, batch_size=1)
+        # Half a CPU per read: a Ray Train worker holds one of two cores, and a Tune trial's driver a tenth of
+        # the other, which left no whole CPU for a read task (the search waited forever).
+        return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(load, batch_size=1, num_cpus=0.5)

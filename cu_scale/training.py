@@ -169,7 +169,7 @@ def watch_epochs(stage_dir: pathlib.Path, epochs: int, stop: threading.Event, de
                 bar.set_postfix(loss=f"{metrics.get('loss_total', float('nan')):.4f}")
 
 
-def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_failures: int, datasets: dict, epochs: int, progress: bool):
+def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_failures: int, datasets: dict, epochs: int, progress: bool, callbacks: tuple = ()):
     """Build and run the `TorchTrainer` of one stage under RUN_DIR/NAME; returns Ray Train's Result."""
     import ray
     import ray.train
@@ -186,6 +186,7 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
             storage_path=str(pathlib.Path(run_dir).resolve()),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )

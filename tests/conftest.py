@@ -23,6 +23,7 @@ def local_ray():
 
     # A worker group that cannot start retries forever by default: fail the test instead of hanging CI.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # The dashboard serves the state API, through which Ray Train frees the workers of a trial that Tune stops.
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
