@@ -31,78 +31,8 @@ def _peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _run_tune(args) -> int:
-    from cu_scale.search import load_search, run_search, trials_table
-
-    config = _load(args)
-    settings = load_search(args.space, config)
-    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
-    result = run_search(config, settings, out)
-    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
-    print(trials_table(result["rows"]))
-    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
-    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
-    return 0
-
-
-def _run_submit(args) -> int:
-    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
-
-    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
-    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
-    client = client_for(args.address)
-    job_id = submit(client, entrypoint, runtime_env)
-    if args.no_wait:
-        print(job_id)
-        return 0
-    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
-    try:
-        status = follow(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
-        return 130
-    info = client.get_job_info(job_id)
-    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
-    return 0 if status == "SUCCEEDED" else 1
-
-
 # ----------------------------------------------------------------------------------------------------------
 # prepare
-def _run_tune(args) -> int:
-    from cu_scale.search import load_search, run_search, trials_table
-
-    config = _load(args)
-    settings = load_search(args.space, config)
-    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
-    result = run_search(config, settings, out)
-    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
-    print(trials_table(result["rows"]))
-    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
-    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
-    return 0
-
-
-def _run_submit(args) -> int:
-    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
-
-    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
-    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
-    client = client_for(args.address)
-    job_id = submit(client, entrypoint, runtime_env)
-    if args.no_wait:
-        print(job_id)
-        return 0
-    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
-    try:
-        status = follow(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
-        return 130
-    info = client.get_job_info(job_id)
-    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
-    return 0 if status == "SUCCEEDED" else 1
-
-
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -185,78 +115,8 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser):
     feats.add_argument("--world-seed", type=int, default=0, help="simulator seed of the concept vectors and feature map (default 0)")
 
 
-def _run_tune(args) -> int:
-    from cu_scale.search import load_search, run_search, trials_table
-
-    config = _load(args)
-    settings = load_search(args.space, config)
-    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
-    result = run_search(config, settings, out)
-    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
-    print(trials_table(result["rows"]))
-    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
-    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
-    return 0
-
-
-def _run_submit(args) -> int:
-    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
-
-    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
-    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
-    client = client_for(args.address)
-    job_id = submit(client, entrypoint, runtime_env)
-    if args.no_wait:
-        print(job_id)
-        return 0
-    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
-    try:
-        status = follow(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
-        return 130
-    info = client.get_job_info(job_id)
-    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
-    return 0 if status == "SUCCEEDED" else 1
-
-
 # ----------------------------------------------------------------------------------------------------------
 # store info, demo
-def _run_tune(args) -> int:
-    from cu_scale.search import load_search, run_search, trials_table
-
-    config = _load(args)
-    settings = load_search(args.space, config)
-    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
-    result = run_search(config, settings, out)
-    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
-    print(trials_table(result["rows"]))
-    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
-    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
-    return 0
-
-
-def _run_submit(args) -> int:
-    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
-
-    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
-    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
-    client = client_for(args.address)
-    job_id = submit(client, entrypoint, runtime_env)
-    if args.no_wait:
-        print(job_id)
-        return 0
-    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
-    try:
-        status = follow(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
-        return 130
-    info = client.get_job_info(job_id)
-    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
-    return 0 if status == "SUCCEEDED" else 1
-
-
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -275,78 +135,8 @@ def _run_store_info(args) -> int:
     return 0
 
 
-def _run_tune(args) -> int:
-    from cu_scale.search import load_search, run_search, trials_table
-
-    config = _load(args)
-    settings = load_search(args.space, config)
-    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
-    result = run_search(config, settings, out)
-    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
-    print(trials_table(result["rows"]))
-    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
-    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
-    return 0
-
-
-def _run_submit(args) -> int:
-    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
-
-    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
-    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
-    client = client_for(args.address)
-    job_id = submit(client, entrypoint, runtime_env)
-    if args.no_wait:
-        print(job_id)
-        return 0
-    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
-    try:
-        status = follow(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
-        return 130
-    info = client.get_job_info(job_id)
-    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
-    return 0 if status == "SUCCEEDED" else 1
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the pipeline: demo, run, single stages, compare
-def _run_tune(args) -> int:
-    from cu_scale.search import load_search, run_search, trials_table
-
-    config = _load(args)
-    settings = load_search(args.space, config)
-    out = pathlib.Path(args.out or pathlib.Path(config.run_dir) / "search")
-    result = run_search(config, settings, out)
-    print(f"\nsearch: {len(result['rows'])} trials in {result['seconds']:.0f} s, objective: pseudo-label mIoU on the validation part of the training set")
-    print(trials_table(result["rows"]))
-    print(f"best         trial {result['best']['trial']}: {result['best']['best mIoU']:.2f} → {out / 'best.yaml'}")
-    print(f"frontier     {out / 'frontier.png'} (clip length against mIoU); all trials in {out / 'trials.csv'}")
-    return 0
-
-
-def _run_submit(args) -> int:
-    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
-
-    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
-    entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
-    client = client_for(args.address)
-    job_id = submit(client, entrypoint, runtime_env)
-    if args.no_wait:
-        print(job_id)
-        return 0
-    print(f"submitted {job_id} to {args.address}: {entrypoint}", flush=True)
-    try:
-        status = follow(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {job_id} goes on (ray job stop --address {args.address} {job_id} stops it)", file=sys.stderr)
-        return 130
-    info = client.get_job_info(job_id)
-    print(f"job {job_id} {status}" + (f": {info.message}" if status != "SUCCEEDED" and info.message else ""))
-    return 0 if status == "SUCCEEDED" else 1
-
-
 # ----------------------------------------------------------------------------------------------------------
 
 
