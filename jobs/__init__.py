@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -26,12 +27,22 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def job_config(args):
-    """The validated config of a job: overrides applied, relative paths resolved under --root."""
+def start_job(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse the job's arguments, validate its config (overrides applied, relative paths resolved under
+    --root) and join the cluster; returns (args, config), or None after printing why the config is refused."""
     from cu_scale.cli import parse_overrides
-    from cu_scale.config import load_config, resolve_paths
+    from cu_scale.config import ConfigError, load_config, resolve_paths
+    from cu_scale.pipeline import start_ray
 
-    return resolve_paths(load_config(args.config, parse_overrides(args.set)), args.root)
+    args = parser.parse_args(argv)
+    try:
+        config = resolve_paths(load_config(args.config, parse_overrides(args.set)), args.root)
+    except ConfigError as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return None
+    start_ray()
+    print(describe_cluster(), flush=True)
+    return args, config
 
 
 def describe_cluster() -> str:

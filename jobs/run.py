@@ -5,28 +5,24 @@ from __future__ import annotations
 import sys
 import time
 
-from jobs import describe_cluster, job_config, job_parser
+from jobs import job_parser, start_job
 
 
 def main(argv: list[str] | None = None) -> int:
     from cu_scale.cli import print_results
-    from cu_scale.config import ConfigError
-    from cu_scale.pipeline import STAGES, Pipeline, start_ray
+    from cu_scale.pipeline import STAGES, Pipeline
 
     parser = job_parser(__doc__)
+    parser.prog = "jobs.run"
     parser.add_argument("--from", dest="start_from", choices=STAGES, help="redo the run from this stage")
-    args = parser.parse_args(argv)
-    try:
-        config = job_config(args)
-    except ConfigError as error:
-        print(f"jobs.run: {error}", file=sys.stderr)
+    started = start_job(parser, argv)
+    if started is None:
         return 2
-    start_ray()
-    print(describe_cluster(), flush=True)
-    started = time.perf_counter()
+    args, config = started
+    began = time.perf_counter()
     Pipeline(config, progress=not args.quiet).run(start_from=args.start_from)
     print_results(config.run_dir)
-    print(f"run finished in {time.perf_counter() - started:.1f} s under {config.run_dir}")
+    print(f"run finished in {time.perf_counter() - began:.1f} s under {config.run_dir}")
     return 0
 
 

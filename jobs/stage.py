@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import sys
 
-from jobs import describe_cluster, job_config, job_parser
+from jobs import job_parser, start_job
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cu_scale.config import ConfigError
-    from cu_scale.pipeline import STAGES, Pipeline, start_ray
+    from cu_scale.pipeline import STAGES, Pipeline
 
     parser = job_parser(__doc__)
+    parser.prog = "jobs.stage"
     parser.add_argument("stage", choices=STAGES)
-    args = parser.parse_args(argv)
-    try:
-        config = job_config(args)
-    except ConfigError as error:
-        print(f"jobs.stage: {error}", file=sys.stderr)
+    started = start_job(parser, argv)
+    if started is None:
         return 2
-    start_ray()
-    print(describe_cluster(), flush=True)
+    args, config = started
     Pipeline(config, progress=not args.quiet).run_stage(args.stage)
     return 0
 
