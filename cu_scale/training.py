@@ -184,9 +184,7 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(pathlib.Path(run_dir).resolve()),
-            # A worker group that cannot start (no free CPU) fails the run after max_failures tries instead of
-            # retrying forever: a stuck search or job then says why.
-            failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
         ),
