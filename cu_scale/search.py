@@ -253,7 +253,7 @@ def trial_rows(grid, keys: list[str]) -> list[dict]:
         history = result.metrics_dataframe
         scores = history[OBJECTIVE].tolist() if history is not None and OBJECTIVE in history else []
         rows.append({
-            "trial": pathlib.Path(result.path).name.split("_")[1] if "_" in pathlib.Path(result.path).name else pathlib.Path(result.path).name,
+            "trial": (result.metrics or {}).get("trial_id") or pathlib.Path(result.path).name,
             **{key: result.config.get(key) for key in keys},
             "epochs": len(scores),
             "last mIoU": scores[-1] if scores else math.nan,
