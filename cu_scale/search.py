@@ -41,7 +41,7 @@ import time
 
 import yaml
 
-from cu_scale.config import ConfigError, RunConfig, build_config, read_yaml_mapping
+from cu_scale.config import ConfigError, RunConfig, build_config, read_yaml_mapping, resolve_paths
 
 OBJECTIVE = "val_pseudo_mIoU"
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -202,6 +202,7 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
     if not ray.is_initialized():
         ray.init(include_dashboard=True, dashboard_port=_free_port(), log_to_driver=False, configure_logging=False)
     prepare_shared(base, settings, search_dir, say)
+    base = resolve_paths(base, pathlib.Path.cwd())  # trials run in directories of Tune's: no relative paths there
     stores = {str(r): str(relabelled_store_path(search_dir, r)) for r in settings.values_of("clip_seconds")} if "clip_seconds" in settings.space else {}
     setup = {
         "base": dataclasses.asdict(base), "source": base.source, "search_dir": str(search_dir), "stores": stores, "max_epochs": settings.max_epochs,
@@ -298,7 +299,7 @@ def write_results(rows: list[dict], best: dict, base: RunConfig, settings: Searc
             section.update({k: list(v) for k, v in section.items() if isinstance(v, tuple)})
     header = (
         f"# The best trial of `cu-scale tune {base.source} --space {settings.source}`: trial {best['trial']},\n"
-        f"# validation pseudo-label mIoU {best['best mIoU']:.2f} after {best['epochs']} epochs. Parameters: "
+        f"# validation pseudo-label mIoU {best['best mIoU']:.2f} (its best epoch of {best['epochs']}). Parameters: "
         + ", ".join(f"{key}={format_value(value)}" for key, value in params.items())
         + f".\n#   cu-scale run {search_dir / 'best.yaml'}\n"
     )
