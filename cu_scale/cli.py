@@ -264,7 +264,7 @@ def _run_tune(args) -> int:
 def _run_submit(args) -> int:
     from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
-    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.set, args.root, args.working_dir)
+    config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.root, args.working_dir)
     entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
     client = client_for(args.address)
     job_id = submit(client, entrypoint, runtime_env)

@@ -47,7 +47,7 @@ def job_entrypoint(config: str, overrides: list[str], root: str | None, stage: s
     return shlex.join(command)
 
 
-def prepare_submission(config_path: str, overrides: dict, override_items: list[str], root: str | None, working_dir: str) -> tuple[str, dict]:
+def prepare_submission(config_path: str, overrides: dict, root: str | None, working_dir: str) -> tuple[str, dict]:
     """Validate the config as the job will see it; returns (config path inside the working directory, runtime env)."""
     config = pathlib.Path(config_path).resolve()
     working = pathlib.Path(working_dir).resolve()
