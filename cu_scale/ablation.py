@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 
 from cu_scale.config import RunConfig
@@ -32,7 +31,7 @@ def row_directory(config: RunConfig, row: str) -> pathlib.Path:
     return pathlib.Path(config.run_dir) / "ablation" / row
 
 
-def run_ablation(config: RunConfig, clusters_dir: str | os.PathLike, rows: list[str] | None = None, on_row=None, progress: bool = False) -> dict[str, dict[str, float]]:
+def run_ablation(config: RunConfig, rows: list[str] | None = None, on_row=None, progress: bool = False) -> dict[str, dict[str, float]]:
     """Train and pseudo-label every row; returns {row: pseudo-label metrics}. `on_row(row, metrics)` is told of each."""
     from cu_scale.implicit import train_implicit
     from cu_scale.training import latest_checkpoint
@@ -49,10 +48,10 @@ def run_ablation(config: RunConfig, clusters_dir: str | os.PathLike, rows: list[
         if not metrics_file.exists():
             switches = {f"use_{loss}": loss in ROWS[row] for loss in LOSSES}
             settings = dataclasses.replace(config.implicit, **switches)
-            fit = train_implicit(config.store, str(clusters_dir), settings, config.batches, str(directory), config.encode.model, config.encode.max_tokens, progress=progress)
+            fit = train_implicit(config.store, settings, config.batches, config.cluster, config.encode, str(directory), progress=progress)
             if fit.error:
                 raise RuntimeError(f"ablation row {row}: implicit training failed: {fit.error}")
-            labelled = pseudo_label(config.store, str(latest_checkpoint(directory / "implicit")), directory, config.encode.model, config.encode.actors, config.encode.max_tokens)
+            labelled = pseudo_label(config.store, str(latest_checkpoint(directory / "implicit")), directory, config.encode)
             if labelled["metrics"] is None:
                 raise ValueError(f"{config.store}: the training split has no ground truth, so pseudo-labels cannot be scored")
             metrics_file.write_text(json.dumps(labelled["metrics"]["pseudo-labels"], indent=2))

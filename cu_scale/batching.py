@@ -3,22 +3,30 @@
 Within a batch, samples of the same cluster are the positives of the inter-sample contrasts and the
 other N − 1 clusters give the negatives, so a batch must hold several samples of each of N clusters.
 
-How an epoch is planned, per worker, from the (small) sample → cluster table of its own partition:
-1. Each sample is scheduled under its nearest cluster, so it appears at least once per epoch.
+How the batches of a set of samples (a window of the store, `cu_scale.streams`) are planned from their
+nearest clusters alone (integers, never features):
+1. Each sample is scheduled under its nearest cluster, so it appears at least once.
 2. Each cluster's members are shuffled and cut into groups of B/N; a last, short group is filled with
    other members of the same cluster (drawn without replacement while there are enough, else with).
 3. Batch after batch, N distinct clusters are drawn with probability proportional to their remaining
    groups (large clusters drain at the same pace as small ones), and one group is taken from each. When
    fewer than N clusters still have groups, the batch is completed with fresh groups of other clusters.
-All draws come from one generator seeded by (seed, epoch, rank): the same seed gives the same batches,
-and each epoch reshuffles. The planner holds integers only (sample positions), never features; each
-training worker plans over the samples of its own Ray Data shard (`cu_scale.implicit.worker_loop`), so
-nothing is collected on the driver.
+4. The number of batches is fixed in advance, `batch_count`: max(⌈groups / N⌉, the most groups of one
+   cluster), so that it can be known before any sample is read (every worker must run the same number of
+   steps, and the learning-rate schedule needs the total). To meet it, a cluster that has as many groups
+   left as there are batches left is always among the N drawn. Planned with more batches than that (to
+   reach a multiple of the worker count), the extra batches are N fresh groups each.
+All draws come from one generator seeded by the caller (seed, epoch, window): the same seed gives the
+same batches, and every epoch reshuffles.
+
+Repeats per set: about half a group per cluster present (the filled last groups) plus the fresh groups
+of the tail, so about K·(B/N) / (2·samples) of the set, which is why the stream plans over windows of
+many shards (`cu_scale.streams.window_shards`).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import math
 
 import numpy as np
 
@@ -29,18 +37,35 @@ class BatchingError(ValueError):
     pass
 
 
-def plan_epoch(nearest: np.ndarray, config: BatchConfig, epoch: int, rank: int = 0) -> Iterator[np.ndarray]:
-    """Batches of positions into `nearest` (each sample's nearest cluster), as described in the module docstring."""
-    batch, groups_per_batch = config.batch_size, config.clusters_per_batch
-    if batch % groups_per_batch:
-        raise BatchingError(f"batch size B={batch} is not divisible by N={groups_per_batch} clusters per batch")
-    group = batch // groups_per_batch
-    rng = np.random.default_rng([config.seed, epoch, rank])
+def _check(config: BatchConfig) -> int:
+    if config.batch_size % config.clusters_per_batch:
+        raise BatchingError(f"batch size B={config.batch_size} is not divisible by N={config.clusters_per_batch} clusters per batch")
+    return config.batch_size // config.clusters_per_batch
+
+
+def batch_count(cluster_sizes: np.ndarray, config: BatchConfig, multiple: int = 1) -> int:
+    """The batches `plan_batches` makes of samples with these nearest-cluster sizes, rounded up to a multiple."""
+    group = _check(config)
+    groups = -(-np.asarray(cluster_sizes, np.int64) // group)
+    if not groups.any():
+        return 0
+    needed = max(math.ceil(int(groups.sum()) / config.clusters_per_batch), int(groups.max()))
+    return -(-needed // multiple) * multiple
+
+
+def plan_batches(nearest: np.ndarray, config: BatchConfig, seed: list[int], total: int | None = None) -> list[np.ndarray]:
+    """`total` batches (default: the fewest, `batch_count`) of positions into `nearest`, as the module docstring says."""
+    group, groups_per_batch = _check(config), config.clusters_per_batch
+    rng = np.random.default_rng(seed)
     order = np.argsort(nearest, kind="stable")
     cluster_ids, starts = np.unique(nearest[order], return_index=True)
     members = np.split(order, starts[1:])
     if len(cluster_ids) < groups_per_batch:
-        raise BatchingError(f"a batch needs N={groups_per_batch} clusters but this partition has samples in only {len(cluster_ids)}")
+        raise BatchingError(f"a batch needs N={groups_per_batch} clusters but these samples are in only {len(cluster_ids)}")
+    fewest = batch_count(np.array([len(m) for m in members]), config)
+    total = fewest if total is None else total
+    if total < fewest:
+        raise BatchingError(f"{len(nearest)} samples in {len(members)} clusters need at least {fewest} batches, {total} were planned")
 
     def fill(pool: np.ndarray, need: int) -> np.ndarray:
         return rng.choice(pool, need, replace=need > len(pool))
@@ -54,19 +79,22 @@ def plan_epoch(nearest: np.ndarray, config: BatchConfig, epoch: int, rank: int =
             in_full_groups = shuffled[: len(shuffled) - group + short]
             shuffled = np.concatenate([shuffled, fill(in_full_groups if len(in_full_groups) >= short else pool, short)])
         queues.append(list(shuffled.reshape(-1, group)))
-    remaining = np.array([len(q) for q in queues], float)
-    while remaining.sum() > 0:
+    remaining = np.array([len(q) for q in queues], np.int64)
+    batches = []
+    for left in range(total, 0, -1):
         live = np.flatnonzero(remaining)
-        if len(live) >= groups_per_batch:
-            chosen = rng.choice(live, groups_per_batch, replace=False, p=remaining[live] / remaining[live].sum())
-            extra = np.array([], int)
-        else:
-            chosen = live
-            others = np.setdiff1d(np.arange(len(queues)), live)
-            extra = rng.choice(others, groups_per_batch - len(live), replace=False)
+        must = live[remaining[live] == left]  # would not finish in time unless drawn now
+        free = np.setdiff1d(live, must)
+        draw = min(groups_per_batch - len(must), len(free))
+        if draw:
+            weights = remaining[free] / remaining[free].sum()
+            must = np.concatenate([must, rng.choice(free, draw, replace=False, p=weights)])
+        others = np.setdiff1d(np.arange(len(queues)), must)
+        extra = rng.choice(others, groups_per_batch - len(must), replace=False)
         parts = []
-        for c in chosen:
+        for c in must:
             parts.append(queues[c].pop())
             remaining[c] -= 1
         parts += [fill(members[c], group) for c in extra]
-        yield np.concatenate(parts)
+        batches.append(np.concatenate(parts))
+    return batches

@@ -234,14 +234,13 @@ def _run_predict(args) -> int:
 
 def _run_ablate(args) -> int:
     from cu_scale.ablation import format_table, row_directory, run_ablation
-    from cu_scale.pipeline import Pipeline, start_ray
+    from cu_scale.pipeline import start_ray
 
     config = _load(args)
-    directory = Pipeline(config).clusters_directory()
     start_ray()
     started = time.perf_counter()
     rows = args.rows.split(",") if args.rows else None
-    results = run_ablation(config, directory, rows, on_row=lambda row, m: print(f"ablation {row}: pseudo-label mIoU {m['mIoU']:.2f} ({row_directory(config, row)})", flush=True), progress=not args.quiet)
+    results = run_ablation(config, rows, on_row=lambda row, m: print(f"ablation {row}: pseudo-label mIoU {m['mIoU']:.2f} ({row_directory(config, row)})", flush=True), progress=not args.quiet)
     print(f"Table II: pseudo-label quality with subsets of the four contrasts ({time.perf_counter() - started:.0f} s)")
     print(format_table(results))
     return 0

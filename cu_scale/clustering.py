@@ -14,8 +14,11 @@ hard clustering.
 
 Only the samples of one split are clustered (the training set: the contrasts are training losses).
 Output: ``STORE/clusters/{split}-K{K}-m{m}/part-NNNNN.parquet`` (sample_id, clusters: list of m ids, nearest
-first), co-partitioned with the store, and ``summary.json`` with the cluster sizes. A directory per
-(split, K, m) caches the result, so a search over K clusters each K once.
+first), co-partitioned with the store, ``summary.json`` with the cluster sizes, and ``counts.npy``: per store
+shard, how many of its samples with a partial label (the ones the implicit stage trains on) have each
+nearest cluster, a (shards × K) table from which the training streams plan every epoch's batches before
+reading a sample (`cu_scale.streams.implicit_plan`). A directory per (split, K, m) caches the result, so a
+search over K clusters each K once.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cu_scale.monitoring import CLUSTERED_QUERIES, Progress
 from cu_scale.store import FeatureStore
 
 CLUSTERS_DIR = "clusters"
+COUNTS_FILE = "counts.npy"
 
 
 class ClusteringError(ValueError):
@@ -105,6 +109,28 @@ def split_embeddings(store: FeatureStore, shard_index: int, split: str) -> tuple
     return [i for i, k in zip(sample_ids, keep) if k], embeddings[keep]
 
 
+def labelled_rows(store: FeatureStore, shard_index: int, split: str) -> np.ndarray:
+    """Which of one shard's samples of `split` (in store order) carry a partial label."""
+    table = store.shard_samples(shard_index, ["split", "partial_start"])
+    in_split = np.array(table.column("split").to_pylist()) == split
+    return ~np.isnan(table.column("partial_start").to_numpy(zero_copy_only=False)[in_split])
+
+
+def trainable_counts(store: FeatureStore, config: ClusterConfig) -> np.ndarray:
+    """The (shards × K) nearest-cluster counts of the samples the implicit stage trains on (`COUNTS_FILE`;
+    made from the assignments and kept there for a cluster directory written before that file existed)."""
+    directory = clusters_dir(store, config)
+    path = directory / COUNTS_FILE
+    if not path.exists():
+        counts = np.zeros((len(store.shards), config.k), np.int64)
+        for index, shard in enumerate(store.shards):
+            if shard["splits"].get(config.split):
+                _, clusters = read_assignments(store, config, index)
+                counts[index] = np.bincount(clusters[labelled_rows(store, index, config.split), 0], minlength=config.k)
+        np.save(path, counts)
+    return np.load(path)
+
+
 def _training_sample(store: FeatureStore, split: str, limit: int, seed: int) -> np.ndarray:
     """A uniform sample of at most `limit` embeddings, drawn shard by shard (Bernoulli with p = limit / total)."""
     total = store.manifest["counts"]["splits"].get(split, {}).get("samples", 0)
@@ -140,10 +166,12 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
     sizes = np.zeros(config.k, np.int64)
     primary_sizes = np.zeros(config.k, np.int64)
     zero_ids: list[str] = []
+    counts = np.zeros((len(store.shards), config.k), np.int64)
     for index, shard in enumerate(store.shards):
         sample_ids, embeddings = split_embeddings(store, index, config.split)
         ids, _ = model.assign(embeddings, config.memberships)
         progress.add(len(ids))
+        counts[index] = np.bincount(ids[labelled_rows(store, index, config.split), 0], minlength=config.k)
         zero_ids += [sample_ids[i] for i in np.flatnonzero(np.linalg.norm(embeddings, axis=1) == 0)]
         np.add.at(sizes, ids.reshape(-1), 1)
         np.add.at(primary_sizes, ids[:, 0], 1)
@@ -155,6 +183,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
         )
         pq.write_table(table, staging / pathlib.Path(shard["samples_file"]).name)
     np.save(staging / "centroids.npy", model.centroids)
+    np.save(staging / COUNTS_FILE, counts)
     summary = {
         "k": config.k,
         "memberships": config.memberships,

@@ -113,10 +113,14 @@ class BatchConfig:
     batch_size: int = 64  # B, the global batch (all workers together)
     clusters_per_batch: int = 8  # N: a batch holds N clusters × B/N samples
     seed: int = 0
+    # G: store shards per window of the training streams (cu_scale.streams); 0: the fewest shards that hold
+    # 16·K·(B/N) training samples, about 3 % repeated samples per epoch. A window is held in one Ray task.
+    window_shards: int = 0
 
     def __post_init__(self):
         _at_least(self, "batch_size", 1)
         _at_least(self, "clusters_per_batch", 1)
+        _at_least(self, "window_shards", 0)
         if self.batch_size % self.clusters_per_batch:
             raise ConfigError(
                 f"batch_size: B={self.batch_size} is not divisible by clusters_per_batch N={self.clusters_per_batch};"
@@ -245,6 +249,9 @@ class ExplicitConfig:
 class RunConfig:
     store: str
     run_dir: str = "runs/default"  # checkpoints, pseudo-labels, predictions and reports of this run
+    # A Ray stage that makes no progress for this long stops with an error that says what Ray has pending
+    # (cu_scale.watchdog); raise it where the cluster may take longer to start workers (autoscaling).
+    watchdog_seconds: float = 600.0
     prepare: PrepareConfig | None = None  # how `cu-scale run` builds the store; None: the store must exist
     encode: EncodeConfig = EncodeConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -319,13 +326,16 @@ def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunCo
         else:
             raw[section] = value
     sections = {"prepare": PrepareConfig, "encode": EncodeConfig, "cluster": ClusterConfig, "batches": BatchConfig, "implicit": ImplicitConfig, "explicit": ExplicitConfig}
-    unknown = sorted(set(raw) - set(sections) - {"store", "run_dir"})
+    unknown = sorted(set(raw) - set(sections) - {"store", "run_dir", "watchdog_seconds"})
     if unknown:
-        raise ConfigError(f"{path}: {unknown[0]}: unknown section (known: store, run_dir, {', '.join(sections)})")
+        raise ConfigError(f"{path}: {unknown[0]}: unknown section (known: store, run_dir, watchdog_seconds, {', '.join(sections)})")
     if not isinstance(raw.get("store"), str):
         raise ConfigError(f"{path}: store: the path of the feature store is required")
     if not isinstance(raw.get("run_dir", ""), str):
         raise ConfigError(f"{path}: run_dir: expected a path, got {raw['run_dir']!r}")
+    watchdog = raw.get("watchdog_seconds", RunConfig.watchdog_seconds)
+    if isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or not watchdog > 0:
+        raise ConfigError(f"{path}: watchdog_seconds: expected a number of seconds > 0, got {watchdog!r}")
     built = {}
     for name, cls in sections.items():
         if name == "prepare" and raw.get(name) is None:
@@ -339,7 +349,7 @@ def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunCo
         built["batches"].per_worker(built["implicit"].workers)
     except ConfigError as error:
         raise ConfigError(f"{path}: batches.{error} (implicit.workers)") from None
-    return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), source=source, **built)
+    return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), watchdog_seconds=float(watchdog), source=source, **built)
 
 
 # Every field of a run configuration that names a file or directory.

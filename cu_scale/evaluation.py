@@ -46,15 +46,30 @@ def prediction_record(sample_id, video_id, query, pred, gt, duration) -> dict:
     }
 
 
+class PredictionsWriter:
+    """Writes a predictions file a record at a time, into PATH.partial, renamed to PATH by `close`:
+    a reader never sees half a file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.out = open(self.partial, "w")
+
+    def write(self, record: dict) -> None:
+        self.out.write(json.dumps(record) + "\n")
+
+    def close(self) -> pathlib.Path:
+        self.out.close()
+        self.partial.replace(self.path)
+        return self.path
+
+
 def write_predictions(records: list[dict], path: str | os.PathLike) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w") as out:
-        for record in records:
-            out.write(json.dumps(record) + "\n")
-    partial.replace(path)  # a reader never sees half a file
-    return path
+    writer = PredictionsWriter(path)
+    for record in records:
+        writer.write(record)
+    return writer.close()
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:

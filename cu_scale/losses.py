@@ -163,3 +163,20 @@ def implicit_loss(
     terms["grnd"] = grounding_loss(start, end, partial_start, partial_end)
     total = terms["cont"] + config.gamma * terms["grnd"]
     return total, {name: float(value.detach()) for name, value in {**terms, "total": total}.items()}
+
+
+def implicit_batch_loss(model, batch: dict[str, torch.Tensor], config: LossConfig, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
+    """The implicit stage's objective on one batch of its training stream (`cu_scale.streams.implicit_stream`:
+    features, mask, words, words_valid, anchor, partial_start, partial_end in normalised time, clusters).
+
+    `model` is the `ImplicitModel` or the engine that wraps it; this is the whole method step short of
+    the backward pass, and runs without Ray or DeepSpeed."""
+    from cu_scale.implicit_model import pool_clip
+
+    out = model(batch["features"].float(), batch["mask"], batch["words"].float(), batch["words_valid"], batch["anchor"].float())
+    start, end = batch["partial_start"].float(), batch["partial_end"].float()
+    v_clip = pool_clip(out.video, out.centres, out.valid, start, end).float() if config.representation == "clip" else None
+    return implicit_loss(
+        config, out.v_ev.float(), out.v_bg.float(), out.v_vd.float(), out.q.float(), v_clip, batch["clusters"],
+        out.start.float(), out.end.float(), start, end, rank, world_size,
+    )

@@ -28,3 +28,22 @@ def grounding_metrics(iou: np.ndarray) -> dict[str, float]:
     metrics = {f"R@{m}": float(100 * np.mean(iou >= m)) for m in THRESHOLDS}
     metrics["mIoU"] = float(100 * np.mean(iou))
     return metrics
+
+
+class IoUTally:
+    """The same metrics over IoUs that arrive in parts (a shard at a time): counts, not the IoUs themselves."""
+
+    def __init__(self):
+        self.count, self.total = 0, 0.0
+        self.above = dict.fromkeys(THRESHOLDS, 0)
+
+    def add(self, iou: np.ndarray) -> None:
+        iou = np.asarray(iou, float)
+        self.count += len(iou)
+        self.total += float(iou.sum())
+        for m in THRESHOLDS:
+            self.above[m] += int((iou >= m).sum())
+
+    def metrics(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        return {**{f"R@{m}": 100 * self.above[m] / n for m in THRESHOLDS}, "mIoU": 100 * self.total / n}

@@ -54,10 +54,11 @@ class Progress:
             self._counter.inc(float(amount))
 
 
-def training_monitor_settings(run_dir: str, stage: str) -> dict:
-    """What a training worker needs to build its `TrainingMonitor` (plain values: it travels in the loop config)."""
+def training_monitor_settings(run_dir: str, stage: str, heartbeat=None) -> dict:
+    """What a training worker needs to build its `TrainingMonitor` (it travels in the loop config; the
+    heartbeat is an actor handle, `cu_scale.watchdog`)."""
     run = pathlib.Path(run_dir).resolve()
-    return {"stage": stage, "run": run.name, "tensorboard_dir": str(run / "tensorboard" / stage)}
+    return {"stage": stage, "run": run.name, "tensorboard_dir": str(run / "tensorboard" / stage), "heartbeat": heartbeat}
 
 
 class TrainingMonitor:
@@ -68,8 +69,9 @@ class TrainingMonitor:
     epoch's loss terms and returns its overall samples per second.
     """
 
-    def __init__(self, stage: str, run: str, tensorboard_dir: str | None, rank: int, publish_every_s: float = 5.0):
+    def __init__(self, stage: str, run: str, tensorboard_dir: str | None, rank: int, publish_every_s: float = 5.0, heartbeat=None):
         self.rank = rank
+        self.heartbeat = heartbeat  # the stage's `cu_scale.watchdog.Heartbeat`, told of progress as often as the gauges
         self.publish_every_s = publish_every_s
         self._gauges = None
         if _ray_connected():
@@ -91,6 +93,7 @@ class TrainingMonitor:
         now = time.perf_counter()
         self._epoch_started, self._epoch_samples = now, 0
         self._window_started, self._window_samples = now, 0
+        self._last_beat = float("-inf")
 
     def step(self, samples: int) -> None:
         self._epoch_samples += samples
@@ -100,6 +103,14 @@ class TrainingMonitor:
             if self._gauges is not None:
                 self._gauges["speed"].set(self._window_samples / (now - self._window_started))
             self._window_started, self._window_samples = now, 0
+        self.alive()
+
+    def alive(self) -> None:
+        """Tell the stage's watchdog that this worker is making progress (at most every `publish_every_s`)."""
+        now = time.perf_counter()
+        if self.heartbeat is not None and now - self._last_beat >= self.publish_every_s:
+            self.heartbeat.beat.remote()
+            self._last_beat = now
 
     def epoch(self, epoch: int, metrics: dict) -> float:
         """Publish a finished epoch's `loss_*` terms and learning rate; returns the epoch's samples per second."""

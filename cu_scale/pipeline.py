@@ -7,7 +7,7 @@ RUN_DIR/stages/<stage>.json, with the settings it ran with, its wall time and it
 
     store                   the feature store (config `store`), with embeddings/ and clusters/ inside
     RUN_DIR/implicit/       Ray Train checkpoints of the implicit stage
-    RUN_DIR/pseudo_labels.parquet
+    RUN_DIR/pseudo_labels/  one Parquet file per store shard
     RUN_DIR/explicit/<Model>-<source>/   Ray Train checkpoints, one per model and label source
     RUN_DIR/predictions/<Model>-<source>.jsonl   on the test split (`cu_scale.evaluation`)
     RUN_DIR/metrics.json    pseudo-label quality and test metrics per model and label source
@@ -36,6 +36,15 @@ from cu_scale.config import ConfigError, RunConfig
 from cu_scale.console import describe_clusters, describe_store, metrics_table
 
 STAGES = ("prepare", "encode", "cluster", "implicit", "pseudo-label", "explicit", "evaluate", "report")
+# What to change when a stage's watchdog finds it waiting (cu_scale.resources says how stages are sized).
+HINTS = {
+    "encode": "encode.actors sets how many encoder actors hold a CPU (or a GPU) each; fewer fit a smaller cluster.",
+    "implicit": "implicit.workers sets the Ray Train workers (a CPU or a GPU each, beside the stream's 0.5-CPU read tasks);"
+    " batches.window_shards sets how much memory each read task asks for.",
+    "explicit": "explicit.workers sets the Ray Train workers (a CPU or a GPU each, beside the stream's 0.5-CPU read tasks);"
+    " batches.window_shards sets how much memory each read task asks for.",
+    "inference": "encode.actors sets the inference actors; they are sized to leave the store's 0.5-CPU read tasks room.",
+}
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
 
@@ -69,7 +78,8 @@ class Pipeline:
         asdict = dataclasses.asdict
         return {
             "prepare": {"store": c.store, "prepare": asdict(c.prepare) if c.prepare else None},
-            "encode": {"encode": asdict(c.encode)},
+            # how many actors encode does not change what is encoded (cu_scale.resources)
+            "encode": {"encode": {k: v for k, v in asdict(c.encode).items() if k != "actors"}},
             "cluster": {"cluster": asdict(c.cluster)},
             "implicit": {"needed": self.needs_pseudo_labels, "batches": asdict(c.batches), "implicit": asdict(c.implicit)},
             "pseudo-label": {"needed": self.needs_pseudo_labels},
@@ -99,20 +109,21 @@ class Pipeline:
     def clear(self, stage: str) -> None:
         """Remove a stage's marker and artifacts, so that it runs from scratch."""
         from cu_scale.clustering import clusters_dir
-        from cu_scale.encode import EMBEDDINGS_DIR
-        from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE
+        from cu_scale.encode import EMBEDDINGS_DIR, WORDS_DIR
+        from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR
         from cu_scale.store import FeatureStore
 
         self.marker(stage).unlink(missing_ok=True)
         store_exists = (pathlib.Path(self.config.store) / "manifest.json").is_file()
         if stage == "encode" and store_exists and self.config.prepare is not None:
-            shutil.rmtree(pathlib.Path(self.config.store) / EMBEDDINGS_DIR, ignore_errors=True)
+            for directory in (EMBEDDINGS_DIR, WORDS_DIR):
+                shutil.rmtree(pathlib.Path(self.config.store) / directory, ignore_errors=True)
         elif stage == "cluster" and store_exists and self.config.prepare is not None:
             shutil.rmtree(clusters_dir(FeatureStore(self.config.store), self.config.cluster), ignore_errors=True)
         elif stage == "implicit":
             shutil.rmtree(self.run_dir / "implicit", ignore_errors=True)
         elif stage == "pseudo-label":
-            (self.run_dir / PSEUDO_LABELS_FILE).unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / PSEUDO_LABELS_DIR, ignore_errors=True)
         elif stage == "explicit":
             shutil.rmtree(self.run_dir / "explicit", ignore_errors=True)
         elif stage == "evaluate":
@@ -162,6 +173,12 @@ class Pipeline:
         self._record(stage, time.perf_counter() - started, summary)
         return summary
 
+    def _watched(self, stage: str, work, hint: str):
+        """`work(heartbeat)` under the stage's progress watchdog (`cu_scale.watchdog`)."""
+        from cu_scale.watchdog import run_watched
+
+        return run_watched(work, stage=stage, seconds=self.config.watchdog_seconds, hint=hint)
+
     # -- the stages ----------------------------------------------------------------------------------
 
     def _prepare(self) -> dict:
@@ -181,7 +198,7 @@ class Pipeline:
 
         start_ray()
         started = time.perf_counter()
-        summary = encode_store(self.config.store, self.config.encode, progress=self.progress)
+        summary = self._watched("encode", lambda beat: encode_store(self.config.store, self.config.encode, progress=self.progress, heartbeat=beat), HINTS["encode"])
         seconds = time.perf_counter() - started
         rate = f", {summary['encoded_samples'] / seconds:,.0f} queries/s" if summary["encoded_samples"] else ""
         self.say(
@@ -199,15 +216,6 @@ class Pipeline:
         self.say(describe_clusters(summary, clusters_dir(FeatureStore(self.config.store), self.config.cluster)))
         return summary
 
-    def clusters_directory(self) -> pathlib.Path:
-        from cu_scale.clustering import clusters_dir
-        from cu_scale.store import FeatureStore
-
-        directory = clusters_dir(FeatureStore(self.config.store), self.config.cluster)
-        if not (directory / "summary.json").exists():
-            raise FileNotFoundError(f"{directory} is missing: run the cluster stage first (`cu-scale cluster {self.config.source}`)")
-        return directory
-
     def _implicit(self) -> dict:
         from cu_scale.implicit import train_implicit
 
@@ -215,10 +223,11 @@ class Pipeline:
         if not self.needs_pseudo_labels:
             self.say("implicit     skipped: no explicit label source needs pseudo-labels")
             return {"skipped": True}
-        directory = self.clusters_directory()
         start_ray()
         started = time.perf_counter()
-        result = train_implicit(c.store, str(directory), c.implicit, c.batches, c.run_dir, c.encode.model, c.encode.max_tokens, progress=self.progress)
+        result = self._watched(
+            "implicit", lambda beat: train_implicit(c.store, c.implicit, c.batches, c.cluster, c.encode, c.run_dir, progress=self.progress, heartbeat=beat), HINTS["implicit"]
+        )
         if result.error:
             raise RuntimeError(f"implicit training failed: {result.error}")
         metrics = result.metrics
@@ -228,7 +237,7 @@ class Pipeline:
         return {"metrics": metrics, "checkpoint": result.checkpoint.path}
 
     def _pseudo_label(self) -> dict:
-        from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE, pseudo_label
+        from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR, pseudo_label
         from cu_scale.training import latest_checkpoint
 
         c = self.config
@@ -238,8 +247,8 @@ class Pipeline:
         checkpoint = latest_checkpoint(self.run_dir / "implicit")
         start_ray()
         started = time.perf_counter()
-        result = pseudo_label(c.store, str(checkpoint), c.run_dir, c.encode.model, c.encode.actors, c.encode.max_tokens)
-        self.say(f"pseudo-label {result['rows']:,} training samples from {checkpoint.name} in {time.perf_counter() - started:.1f} s → {self.run_dir / PSEUDO_LABELS_FILE}")
+        result = self._watched("pseudo-label", lambda beat: pseudo_label(c.store, str(checkpoint), c.run_dir, c.encode, heartbeat=beat), HINTS["inference"])
+        self.say(f"pseudo-label {result['rows']:,} training samples from {checkpoint.name} in {time.perf_counter() - started:.1f} s → {self.run_dir / PSEUDO_LABELS_DIR}")
         if result["metrics"]:
             self.say(metrics_table(result["metrics"]))
         return result
@@ -262,7 +271,11 @@ class Pipeline:
                         summary[name] = meta["metrics"]
                         continue
                 started = time.perf_counter()
-                result = train_explicit(c.store, c.explicit, model, source, c.run_dir, c.encode.model, c.encode.max_tokens, progress=self.progress)
+                result = self._watched(
+                    "explicit",
+                    lambda beat: train_explicit(c.store, c.explicit, model, source, c.run_dir, c.encode, c.batches, c.cluster.k, progress=self.progress, heartbeat=beat),
+                    HINTS["explicit"],
+                )
                 if result.error:
                     raise RuntimeError(f"explicit training of {name} failed: {result.error}")
                 m = result.metrics
@@ -274,9 +287,9 @@ class Pipeline:
         return summary
 
     def _evaluate(self) -> dict:
-        from cu_scale.evaluation import evaluate_predictions, write_predictions
+        from cu_scale.evaluation import evaluate_predictions, read_predictions
         from cu_scale.explicit import predict_split, stage_name
-        from cu_scale.pseudo_labels import PSEUDO_LABELS_FILE, score_pseudo_labels
+        from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR, score_pseudo_labels
         from cu_scale.training import latest_checkpoint
 
         c = self.config
@@ -286,16 +299,17 @@ class Pipeline:
             for model in c.explicit.models
             for source in c.explicit.label_sources
         }
-        predictions = predict_split(c.store, {name: t[2] for name, t in trained.items()}, c.explicit.test_split, c.encode.model, c.encode.max_tokens, c.encode.actors)
+        checkpoints = {name: t[2] for name, t in trained.items()}
+        files = self._watched(
+            "evaluate", lambda beat: predict_split(c.store, checkpoints, c.explicit.test_split, c.encode, self.run_dir / PREDICTIONS_DIR, heartbeat=beat), HINTS["inference"]
+        )
         results = {}
         for name, (model, source, _) in trained.items():
-            path = write_predictions(predictions[name], self.run_dir / PREDICTIONS_DIR / f"{name}.jsonl")
-            results[name] = {"model": model, "label_source": source, "split": c.explicit.test_split, "predictions_file": str(path), **evaluate_predictions(predictions[name])}
+            path = files[name]
+            results[name] = {"model": model, "label_source": source, "split": c.explicit.test_split, "predictions_file": str(path), **evaluate_predictions(read_predictions(path))}
         pseudo = None
-        if (self.run_dir / PSEUDO_LABELS_FILE).is_file() and self.needs_pseudo_labels:
-            import pyarrow.parquet as pq
-
-            pseudo = score_pseudo_labels(pq.read_table(self.run_dir / PSEUDO_LABELS_FILE).to_pydict())
+        if (self.run_dir / PSEUDO_LABELS_DIR).is_dir() and self.needs_pseudo_labels:
+            pseudo = score_pseudo_labels(self.run_dir / PSEUDO_LABELS_DIR)
         metrics = {"config": c.source, "run_dir": str(self.run_dir), "pseudo_labels": pseudo, "explicit": results}
         (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         self.say(f"evaluate     {c.explicit.test_split} split, R@1 in percent → {self.run_dir / METRICS_FILE}")

@@ -1,112 +1,159 @@
 """The `pseudo-label` stage: the trained event detector, run once over the training set (paper §II-C).
 
-Ray Data batch inference: an actor pool (GPU when present), each actor holding the implicit model from
-the checkpoint and the query encoder, streams the training examples of the store and runs the detector
-at every sample's own anchor (the centre of its partial label). The result, ``pseudo_labels.parquet``
-(sample_id, pseudo_start, pseudo_end in seconds, plus the labels it came from), goes next to the
-checkpoint in the run directory.
+Ray Data batch inference: read tasks stream the training samples that have a partial label shard by shard,
+with their padded features and the word features the encode stage stored (`cu_scale.streams.inference_dataset`);
+an actor pool (GPU when present, sized beside the readers, `cu_scale.resources.actor_pool`), each actor
+holding the implicit model from the checkpoint, runs the detector at every sample's own anchor (the centre
+of its partial label). The driver writes the results as they arrive, in store order, one file per store
+shard: ``RUN_DIR/pseudo_labels/part-NNNNN.parquet`` (sample_id, pseudo_start, pseudo_end in seconds, plus
+the labels they came from and the duration), co-partitioned with the store so that the explicit stage's
+windows read them shard by shard. The directory is written as ``pseudo_labels.partial`` and renamed when
+complete, and reads as one table with ``pyarrow.parquet.read_table``.
 
 When ground truth is known, the pseudo-labels are scored (R@0.3/0.5/0.7, mIoU) beside two baselines in
 the same table: the partial label as is, and the partial label widened to the training set's mean moment
-length around its centre, clipped to the video.
+length around its centre, clipped to the video. Scoring reads the files twice (the mean length first), a
+shard at a time.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cu_scale.metrics import grounding_metrics, temporal_iou
+from cu_scale.metrics import IoUTally, temporal_iou
 
-PSEUDO_LABELS_FILE = "pseudo_labels.parquet"
+PSEUDO_LABELS_DIR = "pseudo_labels"
+OUTPUT_COLUMNS = ("sample_id", "pseudo_start", "pseudo_end", "partial_start", "partial_end", "gt_start", "gt_end", "duration")
 
 
 class PseudoLabeler:
-    """A Ray Data actor: implicit model + query encoder; one batch of examples in, their pseudo-labels out."""
+    """A Ray Data actor: the implicit model; one batch of inference rows in, their pseudo-labels out."""
 
-    def __init__(self, checkpoint_dir: str, text_model: str, max_tokens: int, threads: int, run: str):
+    def __init__(self, checkpoint_dir: str, threads: int, run: str):
         import torch
 
         from cu_scale.implicit import load_implicit_model
         from cu_scale.monitoring import PSEUDO_LABELLED_SAMPLES, Progress
-        from cu_scale.text_encoder import QueryEncoder
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_implicit_model(checkpoint_dir).to(self.device)
-        self.encoder = QueryEncoder(text_model, device=self.device, max_tokens=max_tokens)
         self.progress = Progress(PSEUDO_LABELLED_SAMPLES, "training samples pseudo-labelled", run=run)
 
     def __call__(self, batch: dict) -> dict:
         torch = self.torch
-        words, words_valid = self.encoder.encode_words(list(batch["query"]))
-        duration = batch["duration"].astype(np.float32)
+        duration = batch["duration"]
         anchor = (batch["partial_start"] + batch["partial_end"]) / 2 / duration
         with torch.inference_mode():
             out = self.model(
                 torch.as_tensor(batch["features"], device=self.device).float(),
                 torch.as_tensor(batch["mask"], device=self.device),
-                torch.as_tensor(words, device=self.device),
-                torch.as_tensor(words_valid, device=self.device),
+                torch.as_tensor(batch["words"], device=self.device).float(),
+                torch.as_tensor(batch["words_valid"], device=self.device),
                 torch.as_tensor(anchor, device=self.device).float(),
             )
         self.progress.add(len(duration))
-        return {
-            "sample_id": batch["sample_id"],
-            "pseudo_start": out.start.cpu().numpy() * duration,
-            "pseudo_end": out.end.cpu().numpy() * duration,
-            "partial_start": batch["partial_start"],
-            "partial_end": batch["partial_end"],
-            "gt_start": batch["gt_start"],
-            "gt_end": batch["gt_end"],
-            "duration": duration,
-        }
+        keep = {name: batch[name] for name in OUTPUT_COLUMNS if name in batch}
+        return {**keep, "shard": batch["shard"], "pseudo_start": out.start.double().cpu().numpy() * duration, "pseudo_end": out.end.double().cpu().numpy() * duration}
 
 
-def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: str | os.PathLike, text_model: str | None = None, actors: int = 1, max_tokens: int = 32) -> dict:
-    """Write ``OUT_DIR/pseudo_labels.parquet``; returns {"rows": n, "metrics": table or None}."""
+class ShardFiles:
+    """Writes rows that arrive in store order into one Parquet file per store shard, one shard open at a time."""
+
+    def __init__(self, directory: pathlib.Path, shard_names: list[str], columns: tuple[str, ...]):
+        self.directory, self.names, self.columns = directory, shard_names, columns
+        self.writer, self.current, self.rows = None, None, 0
+
+    def add(self, batch: dict) -> None:
+        shards = np.asarray(batch["shard"])
+        for rows in np.split(np.arange(len(shards)), np.flatnonzero(np.diff(shards)) + 1):
+            if shards[rows[0]] != self.current:
+                self.close()
+                self.current = int(shards[rows[0]])
+            table = pa.table({name: batch[name][rows] for name in self.columns})
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.directory / self.names[self.current], table.schema)
+            self.writer.write_table(table)
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+
+def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: str | os.PathLike, encode, heartbeat=None) -> dict:
+    """Write ``OUT_DIR/pseudo_labels/``; returns {"rows": n, "metrics": table or None}. `encode` is the run's
+    `EncodeConfig`: the store's word features must be that encoder's."""
     import ray
 
+    from cu_scale.encode import check_encoder
+    from cu_scale.resources import READ_TASK_CPUS, actor_pool
     from cu_scale.store import FeatureStore
-    from cu_scale.text_encoder import default_model_path
+    from cu_scale.streams import INFERENCE_ROWS, StoreLayout, inference_dataset
 
     store = FeatureStore(store_path)
+    layout = StoreLayout.of(store, check_encoder(store, encode))
     out = pathlib.Path(out_dir)
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= actors
-    predictions = store.examples_dataset(split="train").map_batches(
+    pool = actor_pool(encode.actors, gpu=encode.device, readers=READ_TASK_CPUS)
+    labelled = inference_dataset(layout, "train", partial_only=True).map_batches(
         PseudoLabeler,
-        fn_constructor_kwargs={"checkpoint_dir": str(checkpoint_dir), "text_model": str(text_model or default_model_path()), "max_tokens": max_tokens, "threads": threads, "run": out.resolve().name},
-        batch_size=128,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=1,  # reserve one CPU per actor: the upstream shard-loading tasks need CPUs too, or both wait
+        fn_constructor_kwargs={"checkpoint_dir": str(checkpoint_dir), "threads": pool.threads, "run": out.resolve().name},
+        batch_size=INFERENCE_ROWS,
+        compute=ray.data.ActorPoolStrategy(size=pool.actors),
+        num_gpus=pool.gpus_per_actor,
+        num_cpus=pool.cpus_per_actor,
     )
-    parts = [pa.Table.from_pydict(batch) for batch in predictions.iter_batches(batch_size=None, batch_format="numpy")]
-    table = pa.concat_tables(parts)
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out / PSEUDO_LABELS_FILE)
-    return {"rows": table.num_rows, "metrics": score_pseudo_labels(table.to_pydict())}
+    labelled.context.execution_options.preserve_order = True  # store order: one shard's file at a time
+    final = out / PSEUDO_LABELS_DIR
+    staging = out / (PSEUDO_LABELS_DIR + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    files = ShardFiles(staging, [pathlib.Path(s["samples_file"]).name for s in store.shards], OUTPUT_COLUMNS)
+    for batch in labelled.iter_batches(batch_size=None, batch_format="numpy"):
+        files.add(batch)
+        if heartbeat is not None:
+            heartbeat.beat.remote(len(batch["shard"]))
+    files.close()
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return {"rows": files.rows, "metrics": score_pseudo_labels(final)}
 
 
-def score_pseudo_labels(columns: dict) -> dict[str, dict[str, float]] | None:
-    """Metrics of the pseudo-labels and of the two baselines, on the samples with ground truth."""
-    gt_start = np.array([np.nan if v is None else v for v in columns["gt_start"]], float)
-    known = ~np.isnan(gt_start)
-    if not known.any():
+def score_pseudo_labels(directory: str | os.PathLike) -> dict[str, dict[str, float]] | None:
+    """Metrics of the pseudo-labels in `directory` and of the two baselines, on the samples with ground truth."""
+    parts = sorted(pathlib.Path(directory).glob("part-*.parquet"))
+
+    def shards():
+        for part in parts:
+            table = pq.read_table(part, columns=list(OUTPUT_COLUMNS[1:]))
+            columns = {name: table.column(name).to_numpy(zero_copy_only=False).astype(float) for name in table.column_names}
+            known = ~np.isnan(columns["gt_start"])
+            yield {name: values[known] for name, values in columns.items()}
+
+    count, total_length = 0, 0.0
+    for c in shards():
+        count, total_length = count + len(c["gt_start"]), total_length + float((c["gt_end"] - c["gt_start"]).sum())
+    if not count:
         return None
-    col = {key: np.asarray(columns[key], float)[known] for key in ("pseudo_start", "pseudo_end", "partial_start", "partial_end", "gt_end", "duration")}
-    gt = (gt_start[known], col["gt_end"])
-    mean_length = float(np.mean(gt[1] - gt[0]))
-    centre = (col["partial_start"] + col["partial_end"]) / 2
-    widened = (np.clip(centre - mean_length / 2, 0, col["duration"]), np.clip(centre + mean_length / 2, 0, col["duration"]))
+    mean_length = total_length / count
+    tallies = {"pseudo": IoUTally(), "as is": IoUTally(), "widened": IoUTally()}
+    for c in shards():
+        gt = (c["gt_start"], c["gt_end"])
+        centre = (c["partial_start"] + c["partial_end"]) / 2
+        widened = (np.clip(centre - mean_length / 2, 0, c["duration"]), np.clip(centre + mean_length / 2, 0, c["duration"]))
+        tallies["pseudo"].add(temporal_iou(c["pseudo_start"], c["pseudo_end"], *gt))
+        tallies["as is"].add(temporal_iou(c["partial_start"], c["partial_end"], *gt))
+        tallies["widened"].add(temporal_iou(*widened, *gt))
     return {
-        "pseudo-labels": grounding_metrics(temporal_iou(col["pseudo_start"], col["pseudo_end"], *gt)),
-        "partial label as is": grounding_metrics(temporal_iou(col["partial_start"], col["partial_end"], *gt)),
-        f"partial widened to mean length {mean_length:.1f} s": grounding_metrics(temporal_iou(*widened, *gt)),
+        "pseudo-labels": tallies["pseudo"].metrics(),
+        "partial label as is": tallies["as is"].metrics(),
+        f"partial widened to mean length {mean_length:.1f} s": tallies["widened"].metrics(),
     }

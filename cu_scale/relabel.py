@@ -2,7 +2,7 @@
 
 The paper's Table III question (how long must an annotated clip be?) and the search over the clip
 length r (`cu-scale tune`) need the same videos and queries with partial labels of several lengths.
-Only the labels differ, so a relabelled store hard-links the source's video shards, query embeddings
+Only the labels differ, so a relabelled store hard-links the source's video shards, query embeddings, word features
 and query clusters (copies them where the file system cannot link; none depends on the labels) and
 rewrites the samples tables alone, with labels drawn from ground truth by
 `partial_labels.assign_partial_labels` inside the part of each moment that lies in the video:
@@ -20,11 +20,12 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cu_scale.clustering import COUNTS_FILE
 from cu_scale.partial_labels import PartialLabelSpec, assign_partial_labels
 from cu_scale.records import Sample
 from cu_scale.store import MANIFEST_FILE, REJECTS_FILE, SAMPLE_SCHEMA, FeatureStore, _sample_row, _sha256
 
-SHARED_DIRECTORIES = ("videos", "embeddings", "clusters")
+SHARED_DIRECTORIES = ("videos", "embeddings", "words", "clusters")
 
 
 def label_spec(clip_seconds: float, seed: int = 0) -> PartialLabelSpec:
@@ -65,6 +66,10 @@ def relabel_store(source: str | os.PathLike, out: str | os.PathLike, spec: Parti
     for name in SHARED_DIRECTORIES:
         if (store.path / name).is_dir():
             _link_tree(store.path / name, staging / name)
+    # Which samples carry a partial label may change with the labels: the clusters' training counts are
+    # made again, from this store's own samples, when a stage first needs them (`clustering.trainable_counts`).
+    for counts in (staging / "clusters").glob(f"*/{COUNTS_FILE}"):
+        counts.unlink()
     shutil.copy2(store.path / REJECTS_FILE, staging / REJECTS_FILE)
     (staging / "samples").mkdir()
     manifest = json.loads((store.path / MANIFEST_FILE).read_text())

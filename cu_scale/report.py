@@ -82,30 +82,31 @@ def _iou_histogram(predictions: dict[str, list[dict]], plots: pathlib.Path) -> p
 
 
 def _test_pseudo_labels(config: RunConfig, sample_ids: list[str]) -> dict[str, tuple[float, float]]:
-    """The implicit model's pseudo-labels for a few test samples, at their partial labels (local torch)."""
+    """The implicit model's pseudo-labels for a few test samples, at their partial labels (local torch,
+    the word features the encode stage stored)."""
     import torch
 
+    from cu_scale.encode import check_encoder
     from cu_scale.implicit import load_implicit_model
     from cu_scale.store import FeatureStore
-    from cu_scale.text_encoder import QueryEncoder
+    from cu_scale.streams import StoreLayout, read_examples
     from cu_scale.training import latest_checkpoint
 
     implicit_dir = pathlib.Path(config.run_dir) / "implicit"
     if not list(implicit_dir.glob("checkpoint_2*")):
         return {}
-    examples = FeatureStore(config.store).examples(sample_ids)
-    has_label = ~np.isnan(examples["partial_start"].astype(float))
-    if not has_label.any():
+    store = FeatureStore(config.store)
+    examples = read_examples(StoreLayout.of(store, check_encoder(store, config.encode)), sample_ids)
+    rows = np.flatnonzero(~np.isnan(examples["partial_start"].astype(float)))
+    if not len(rows):
         return {}
-    rows = np.flatnonzero(has_label)
     model = load_implicit_model(latest_checkpoint(implicit_dir))
-    words, words_valid = QueryEncoder(config.encode.model, max_tokens=config.encode.max_tokens).encode_words(list(examples["query"][rows]))
     duration = examples["duration"][rows].astype(np.float64)
     anchor = (examples["partial_start"][rows] + examples["partial_end"][rows]) / 2 / duration
     with torch.inference_mode():
         out = model(
             torch.as_tensor(examples["features"][rows]).float(), torch.as_tensor(examples["mask"][rows]),
-            torch.as_tensor(words), torch.as_tensor(words_valid), torch.as_tensor(anchor).float(),
+            torch.as_tensor(examples["words"][rows]).float(), torch.as_tensor(examples["words_valid"][rows]), torch.as_tensor(anchor).float(),
         )
     return {examples["sample_id"][r]: (float(s) * d, float(e) * d) for r, s, e, d in zip(rows, out.start.numpy(), out.end.numpy(), duration)}
 

@@ -17,7 +17,7 @@ A search file (tune/*.yaml) names the trials, the ASHA schedule, the validation 
 Each trial is a plain Tune function that runs the implicit stage through Ray Train + DeepSpeed (the same
 `train_implicit` as `cu-scale run`) with Tune's report callback, so every epoch's metrics reach the
 scheduler. The objective is the pseudo-label mIoU on the validation part of the training set
-(`implicit.score_validation`): ground truth there is the only full annotation a search may use, and
+(`implicit.score_validation`, on its own small stream): ground truth there is the only full annotation a search may use, and
 nothing here reads the test split.
 
 Work shared between trials is done once, before the Tuner starts: the base store is prepared and encoded;
@@ -171,18 +171,15 @@ def run_trial(params: dict, setup: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from cu_scale.clustering import clusters_dir
     from cu_scale.implicit import train_implicit
-    from cu_scale.store import FeatureStore
 
     base = build_config(setup["base"], setup["source"])
     config = trial_config(base, params, setup["max_epochs"])
     store = setup["stores"].get(str(params.get("clip_seconds")), base.store)
-    clusters = clusters_dir(FeatureStore(base.store), config.cluster)
     trial_dir = pathlib.Path(setup["search_dir"]) / "trials" / tune.get_context().get_trial_id()
     result = train_implicit(
-        store, str(clusters), config.implicit, config.batches, str(trial_dir), config.encode.model, config.encode.max_tokens,
-        validation=setup["validation"], callbacks=(TuneReportCallback(),),
+        store, config.implicit, config.batches, config.cluster, config.encode, str(trial_dir),
+        validation=setup["validation"], callbacks=(TuneReportCallback(),), heartbeat=setup["heartbeat"],
     )
     if result.error:
         raise RuntimeError(f"trial {trial_dir.name}: implicit training failed: {result.error}")
@@ -194,6 +191,9 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from cu_scale.pipeline import HINTS
+    from cu_scale.watchdog import run_watched
 
     search_dir = pathlib.Path(search_dir).resolve()
     search_dir.mkdir(parents=True, exist_ok=True)
@@ -208,14 +208,15 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
         "base": dataclasses.asdict(base), "source": base.source, "search_dir": str(search_dir), "stores": stores, "max_epochs": settings.max_epochs,
         "validation": {"fraction": settings.validation_fraction, "seed": settings.seed},
     }
-    # A trial holds only its driver: a tenth of a CPU (Tune refuses none); its Ray Train worker takes the rest.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": 0.1})
     experiment = search_dir / "tune"
-    if tune.Tuner.can_restore(str(experiment)):
-        say(f"search       resuming {experiment}")
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
+
+    def fit(heartbeat):
+        # A trial holds only its driver: a tenth of a CPU (Tune refuses none); its Ray Train worker takes the rest.
+        trainable = tune.with_resources(tune.with_parameters(run_trial, setup={**setup, "heartbeat": heartbeat}), {"cpu": 0.1})
+        if tune.Tuner.can_restore(str(experiment)):
+            say(f"search       resuming {experiment}")
+            return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+        return tune.Tuner(
             trainable,
             param_space=param_space(settings),
             tune_config=tune.TuneConfig(
@@ -226,8 +227,9 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
                 search_alg=BasicVariantGenerator(max_concurrent=settings.concurrent_trials, random_state=settings.seed),
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(search_dir), verbose=0),
-        )
-    grid = tuner.fit()
+        ).fit()
+
+    grid = run_watched(fit, stage="search", seconds=base.watchdog_seconds, hint=HINTS["implicit"] + " A search runs its search file's concurrent_trials trials at once.")
     rows = trial_rows(grid, list(settings.space))
     if not any(math.isfinite(row["best mIoU"]) for row in rows):
         errors = [str(result.error) for result in grid if result.error]

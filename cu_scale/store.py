@@ -14,9 +14,9 @@ Why two co-partitioned tables rather than one row per sample with its features:
   sample rows carrying features would store (and read) 2–4× the bytes, and features are >99% of them.
 - Everything that is not training (query encoding, clustering, statistics, pseudo-labels, evaluation)
   reads the samples table alone: at millions of samples it is a few hundred MB, not terabytes.
-- Shard k of ``samples/`` holds exactly the samples of the videos in shard k of ``videos/``. Training joins
-  them shard by shard inside one Ray Data task (`FeatureStore.examples_dataset`), so the join needs no
-  global shuffle and its memory is bounded by one shard, whatever the size of the corpus.
+- Shard k of ``samples/`` holds exactly the samples of the videos in shard k of ``videos/``. Training and
+  inference join them shard by shard inside Ray Data tasks (`cu_scale.streams`), so the join needs no
+  global shuffle and its memory is bounded by a window of shards, whatever the size of the corpus.
 - Features are kept at their valid length (`num_steps` ≤ `max_steps`); readers pad to `max_steps` and give
   the validity mask (`cu_scale.features.pad_with_mask`).
 - A video's features are one binary value (num_steps × Dv float16, little-endian, row-major), not a nested
@@ -544,34 +544,3 @@ class FeatureStore:
         if not parts:
             raise StoreError(f"{self.path}: none of the samples {list(sample_ids)[:3]}... is in the store")
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-    def examples_dataset(self, split: str | None = None):
-        """Training examples as a Ray Dataset, joined shard by shard (see the module docstring).
-
-        Each task reads one shard pair, so memory stays bounded by one shard. Rows: the sample columns,
-        ``duration``, ``features`` (max_steps × Dv, float16) and ``mask`` (max_steps, bool).
-        """
-        import ray.data
-
-        store_path, dim, steps = str(self.path), self.feature_dim, self.max_steps
-        shards = [
-            {"videos_file": s["videos_file"], "samples_file": s["samples_file"]}
-            for s in self.shards
-            if split is None or s["splits"].get(split)
-        ]
-        if not shards:
-            raise StoreError(f"{self.path}: no samples of split {split!r}; splits are {sorted(self.manifest['counts']['splits'])}")
-
-        def load(batch: dict) -> dict:
-            out = []
-            for videos_file, samples_file in zip(batch["videos_file"], batch["samples_file"]):
-                samples = pq.read_table(os.path.join(store_path, samples_file), schema=SAMPLE_SCHEMA)
-                if split is not None:
-                    samples = samples.filter(pc.equal(samples.column("split"), split))
-                videos = pq.read_table(os.path.join(store_path, videos_file))
-                out.append(join_shard(videos, samples, dim, steps))
-            return {key: np.concatenate([o[key] for o in out]) for key in out[0]}
-
-        # Half a CPU per read: a Ray Train worker holds one of two cores, and a Tune trial's driver a tenth of
-        # the other, which left no whole CPU for a read task (the search waited forever).
-        return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(load, batch_size=1, num_cpus=0.5)

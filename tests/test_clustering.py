@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from cu_scale.batching import plan_epoch
 from cu_scale.cli import main
-from cu_scale.clustering import ClusteringError, read_assignments, train_kmeans
+from cu_scale.clustering import COUNTS_FILE, ClusteringError, clusters_dir, read_assignments, train_kmeans, trainable_counts
 from cu_scale.config import ClusterConfig, load_config
 from cu_scale.store import FeatureStore
 
@@ -79,7 +78,7 @@ def test_encode_is_resumable_and_cluster_writes_assignments(demo_run, capsys):
     assert np.mean(same) > 0.5
 
 
-def test_batches_planned_from_the_store_cover_the_training_split(demo_run):
+def test_cluster_counts_per_shard_are_what_the_streams_plan_from(demo_run):
     root, config_path = demo_run
     config = load_config(config_path)
     store = FeatureStore(root / "store")
@@ -87,5 +86,8 @@ def test_batches_planned_from_the_store_cover_the_training_split(demo_run):
         assert main(["encode", str(config_path), "--quiet"]) == 0 and main(["cluster", str(config_path)]) == 0
     nearest = np.concatenate([read_assignments(store, config.cluster, i)[1][:, 0] for i in range(len(store.shards))])
     assert len(nearest) == store.manifest["counts"]["splits"]["train"]["samples"]
-    batches = list(plan_epoch(nearest, config.batches, epoch=0))
-    assert set(np.concatenate(batches)) == set(range(len(nearest)))
+    counts = trainable_counts(store, config.cluster)
+    assert counts.shape == (len(store.shards), 8) and counts.sum(0).tolist() == np.bincount(nearest, minlength=8).tolist()
+    # A cluster directory from before the counts file existed gets it from its assignments.
+    (clusters_dir(store, config.cluster) / COUNTS_FILE).unlink()
+    assert trainable_counts(store, config.cluster).tolist() == counts.tolist()

@@ -15,7 +15,6 @@ from cu_scale.cli import main
 from cu_scale.config import load_config
 from cu_scale.implicit import train_implicit
 from cu_scale.training import CHECKPOINT_META, latest_checkpoint
-from cu_scale.clustering import clusters_dir
 from cu_scale.store import FeatureStore
 
 
@@ -52,9 +51,11 @@ def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
     assert json.loads((latest_checkpoint(root / "run" / "implicit") / CHECKPOINT_META).read_text())["epoch"] == 2
     assert _epoch_of(latest_checkpoint(root / "run" / "implicit")) == 2
 
-    assert main(["pseudo-label", str(config_path)]) == 0
+    # One store shard and as many inference actors as CPUs: the actors are sized so that the shard's read
+    # task still gets a CPU (it used to wait forever); the watchdog would stop a stall within a minute.
+    assert main(["pseudo-label", str(config_path), "--set", "encode.actors=2", "--set", "watchdog_seconds=60"]) == 0
     out = capsys.readouterr().out
-    table = pq.read_table(root / "run" / "pseudo_labels.parquet").to_pydict()
+    table = pq.read_table(root / "run" / "pseudo_labels").to_pydict()  # one file per store shard
     store = FeatureStore(root / "store")
     assert len(table["sample_id"]) == store.manifest["counts"]["splits"]["train"]["samples"]
     assert all(0 <= s <= e <= d + 1e-4 for s, e, d in zip(table["pseudo_start"], table["pseudo_end"], table["duration"]))
@@ -67,10 +68,9 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny_run, tmp_pat
 
     root, config_path = tiny_run
     config = load_config(config_path, {"implicit.epochs": 16})
-    store = FeatureStore(config.store)
     result = {}
     thread = threading.Thread(
-        target=lambda: result.update(fit=train_implicit(config.store, str(clusters_dir(store, config.cluster)), config.implicit, config.batches, str(tmp_path)))
+        target=lambda: result.update(fit=train_implicit(config.store, config.implicit, config.batches, config.cluster, config.encode, str(tmp_path)))
     )
     thread.start()
     deadline = time.time() + 180

@@ -26,7 +26,7 @@ def _scalars(event_file) -> dict[str, list[tuple[int, float]]]:
 
 def test_rank_0_logs_each_epoch_to_tensorboard_and_returns_its_throughput(tmp_path):
     settings = training_monitor_settings(str(tmp_path / "run"), "explicit/SpanDETR-pseudo")
-    assert settings == {"stage": "explicit/SpanDETR-pseudo", "run": "run", "tensorboard_dir": str(tmp_path / "run" / "tensorboard" / "explicit" / "SpanDETR-pseudo")}
+    assert settings == {"stage": "explicit/SpanDETR-pseudo", "run": "run", "tensorboard_dir": str(tmp_path / "run" / "tensorboard" / "explicit" / "SpanDETR-pseudo"), "heartbeat": None}
     monitor = TrainingMonitor(**settings, rank=0)
     for epoch, loss in enumerate((2.5, 1.25)):
         for _ in range(4):

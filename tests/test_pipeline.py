@@ -46,7 +46,7 @@ def test_run_writes_every_artifact_then_skips_resumes_and_redoes(tiny_pipeline, 
     out = capsys.readouterr().out
     for stage in STAGES:
         assert json.loads((run / "stages" / f"{stage}.json").read_text())["stage"] == stage
-    assert (run / "pseudo_labels.parquet").is_file()
+    assert (run / "pseudo_labels" / "part-00000.parquet").is_file()  # one file per store shard
     predictions = run / "predictions" / "BoundaryRegressor-pseudo.jsonl"
     test_samples = FeatureStore(root / "store").manifest["counts"]["splits"]["test"]["samples"]
     assert len(predictions.read_text().splitlines()) == test_samples
@@ -70,6 +70,10 @@ def test_run_writes_every_artifact_then_skips_resumes_and_redoes(tiny_pipeline, 
     out = capsys.readouterr().out
     assert all(f"✓ {stage}" in out for stage in STAGES)
     assert _checkpoints(run / "implicit") == implicit_before
+    # How many actors a stage uses does not change its results: a finished stage stays finished.
+    assert main(["run", str(config), "--quiet", "--set", "encode.actors=2"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"✓ {stage}" in out for stage in STAGES)
 
     # --from explicit redoes the explicit stage and what follows, and leaves the implicit stage alone.
     assert main(["run", str(config), "--quiet", "--from", "explicit"]) == 0

@@ -10,7 +10,7 @@ import pytest
 
 from cu_scale.cli import main
 from cu_scale.config import ConfigError, load_config
-from cu_scale.implicit import validation_videos
+from cu_scale.streams import validation_videos
 from cu_scale.relabel import label_spec, relabel_store
 from cu_scale.search import load_search
 from cu_scale.store import FeatureStore

@@ -1,0 +1,225 @@
+"""Training that streams, at 10k, 100k and 1M training samples: memory, start-up and speed beside the limit.
+
+    .venv/bin/python benchmarks/training_scale.py [--sizes 10000 100000 1000000] [--dv 256] [--steps 32]
+        [--root stores/bench] [--train-steps 200] [--k 64] [--batch 64] [--clusters 8] [--hidden 128]
+
+For each size it builds (once, then reuses) a store of the demo world (`cu_scale.demo`: videos of 15-45 s
+holding 2-4 actions, one to three queries each, uniform single-frame labels, simulated features at the
+given width Dv and T steps), encodes it with the real encoder (word features and embeddings, the encode
+stage) and clusters it (faiss, K clusters). Disk: about (Dv · T/1.4 · 2 + 7.7k + 1.6k) bytes per training
+sample; at the defaults (Dv 256, T 32) about 16 GB for all three sizes, most of it the 1M store, and
+about 40 minutes to build them on two cores (rendering and encoding the 1M store).
+
+Then, each size in a fresh process (so that its peak memory is its own): the implicit stage itself
+(`cu_scale.implicit.train_implicit`, one Ray Train worker, DeepSpeed, the store's training stream) for
+`--train-steps` steps, and the same number of steps of a plain loop in a Ray Train worker of the same
+size over batches prebuilt in its memory (the first batches of the same stream; the limit a data path
+can reach). It prints, per size: the training worker's peak RSS, the driver's peak RSS, the time from the
+stage's start to its first step, the steps/s of both loops and their ratio; and a check of the batches:
+in the rows the benchmark read, N distinct clusters × B/N samples in every batch, and over the whole
+first epoch as its window tasks plan it (the same planner, on the store's cluster files, no features),
+the same property for every batch and the fraction of repeated samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve()
+
+
+def build_store(path: pathlib.Path, samples: int, args) -> None:
+    """A demo-world store with at least `samples` training samples, written a chunk of videos at a time."""
+    from cu_scale.demo import generate_demo_corpus
+    from cu_scale.partial_labels import PartialLabelSpec, assign_partial_labels
+    from cu_scale.simulator import FeatureSimulator, SimulatorSettings
+    from cu_scale.store import StoreWriter
+
+    simulator = FeatureSimulator(SimulatorSettings(feature_dim=args.dv, max_steps=args.steps, steps_per_second=1.0))
+    spec = PartialLabelSpec("uniform", seed=0)
+    written, chunk = 0, 0
+    with StoreWriter(path, args.dv, args.steps, shard_videos=args.shard_videos, overwrite=True, description={"dataset": "demo", "benchmark": "training_scale"}) as writer:
+        while written < samples:
+            videos, chunk_samples = generate_demo_corpus(2000, seed=chunk, test_fraction=0.0)
+            chunk_samples = assign_partial_labels(chunk_samples, spec, {v.video_id: v.duration for v in videos.values()})
+            by_video: dict[str, list] = {}
+            for sample in chunk_samples:
+                if sample.split == "train":
+                    renamed = f"c{chunk:04d}-{sample.video_id}"
+                    by_video.setdefault(renamed, []).append(dataclasses.replace(sample, sample_id=f"c{chunk:04d}-{sample.sample_id}", video_id=renamed))
+            for video in videos.values():
+                renamed = f"c{chunk:04d}-{video.video_id}"
+                if renamed in by_video and written < samples:
+                    writer.add_video(renamed, video.duration, simulator.render(video), by_video[renamed], source=video.source)
+                    written += len(by_video[renamed])
+            chunk += 1
+            print(f"  {path.name}: {written:,} training samples written", end="\r", flush=True)
+    print()
+
+
+def prepare(size: int, args) -> pathlib.Path:
+    from cu_scale.clustering import cluster_store
+    from cu_scale.config import ClusterConfig, EncodeConfig
+    from cu_scale.encode import encode_store
+    from cu_scale.pipeline import start_ray
+
+    path = pathlib.Path(args.root) / f"demo-{size}-dv{args.dv}-t{args.steps}"
+    if not (path / "manifest.json").exists():
+        started = time.perf_counter()
+        build_store(path, size, args)
+        print(f"  built {path} in {time.perf_counter() - started:.0f} s")
+    start_ray()
+    started = time.perf_counter()
+    summary = encode_store(path, EncodeConfig(batch_size=256), progress=True)
+    if summary["encoded_samples"]:
+        print(f"  encoded {summary['encoded_samples']:,} queries in {time.perf_counter() - started:.0f} s")
+    cluster_store(path, ClusterConfig(k=args.k, memberships=2))
+    return path
+
+
+def plain_loop(config: dict):
+    """The limit: the implicit model's step over batches already in this worker's memory, nothing else."""
+    import ray
+    import ray.train
+    import torch
+
+    from cu_scale.config import ImplicitConfig
+    from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig
+    from cu_scale.losses import LossConfig, implicit_batch_loss
+    from cu_scale.training import deepspeed_engine, worker_setup
+
+    settings = ImplicitConfig(**config["implicit"])
+    rank, world_size, device = worker_setup(config, settings.seed)
+    batches = [{name: torch.as_tensor(value[0]) for name, value in row.items() if name != "sample_key"} for row in ray.get(config["batches"])]
+    model = ImplicitModel(ImplicitModelConfig(video_dim=config["video_dim"], word_dim=config["word_dim"], hidden_dim=settings.hidden_dim, heads=settings.heads, dropout=settings.dropout))
+    engine = deepspeed_engine(model, batch_size=len(batches[0]["anchor"]), learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
+                              zero_stage=settings.zero_stage, lr_schedule=settings.lr_schedule, total_steps=config["steps"], bf16=device.type == "cuda")
+    losses = LossConfig(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(LossConfig)})
+    started = None
+    for step in range(config["steps"]):
+        total, _ = implicit_batch_loss(engine, batches[step % len(batches)], losses)
+        engine.backward(total)
+        engine.step()
+        if step == 0:
+            started = time.time()
+    ray.train.report({"steps_per_second": (config["steps"] - 1) / (time.time() - started)})
+
+
+def measure(size: int, args) -> dict:
+    """One size, in this process: the stage, the plain loop, the batch checks."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from cu_scale.clustering import clusters_dir, trainable_counts
+    from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, ImplicitConfig
+    from cu_scale.encode import check_encoder
+    from cu_scale.implicit import train_implicit
+    from cu_scale.pipeline import start_ray
+    from cu_scale.resources import training_group
+    from cu_scale.store import FeatureStore
+    from cu_scale.streams import StoreLayout, implicit_plan, implicit_stream, implicit_window, window_shards
+
+    path = pathlib.Path(args.root) / f"demo-{size}-dv{args.dv}-t{args.steps}"
+    store = FeatureStore(path)
+    settings = ImplicitConfig(epochs=1, hidden_dim=args.hidden, workers=1)
+    batches, cluster, encode = BatchConfig(args.batch, args.clusters), ClusterConfig(k=args.k, memberships=2), EncodeConfig()
+    start_ray()
+    run_dir = pathlib.Path(args.root) / "runs" / f"{size}-{time.time_ns()}"
+    result = train_implicit(str(path), settings, batches, cluster, encode, str(run_dir), max_steps=args.train_steps)
+    if result.error:
+        raise RuntimeError(result.error)
+    driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    stage = result.metrics
+
+    # The same stream's first batches, prebuilt, for the plain loop; and their clusters checked.
+    layout = StoreLayout.of(store, check_encoder(store, encode))
+    counts = trainable_counts(store, cluster)
+    size_g = window_shards(counts.sum(1), batches, cluster.k)
+    plan = implicit_plan(counts, batches.per_worker(1), 1, size_g, 0)
+    rows = implicit_stream(layout, str(clusters_dir(store, cluster)), 2, batches.per_worker(1), plan).take(args.prebuilt)
+    group = args.batch // args.clusters
+    rows_ok = all(len(np.unique(r["clusters"][0][:, 0].reshape(args.clusters, group), axis=0)) == args.clusters
+                  and (r["clusters"][0][:, 0].reshape(args.clusters, group) == r["clusters"][0][:, 0].reshape(args.clusters, group)[:, :1]).all() for r in rows)
+    cpus, threads, use_gpu = training_group(1)
+    plain = TorchTrainer(
+        plain_loop,
+        train_loop_config={"implicit": dataclasses.asdict(settings), "batches": ray.put(rows), "steps": args.train_steps, "video_dim": store.feature_dim,
+                           "word_dim": layout.word_dim, "torch_threads": threads},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(name=f"plain-{time.time_ns()}", storage_path=str((run_dir / "plain").resolve())),
+    ).fit()
+
+    # The whole first epoch as its window tasks plan it (sample columns and cluster files only).
+    planned, distinct_ok = 0, True
+    for index, (shards, count) in enumerate(zip(plan.windows, plan.batches)):
+        window, positions = implicit_window(layout, str(clusters_dir(store, cluster)), 2, batches.per_worker(1), shards, count, [0, index], features=False)
+        nearest = window.columns["clusters"][:, 0]
+        for p in positions:
+            groups = nearest[p].reshape(args.clusters, group)
+            distinct_ok &= bool((groups == groups[:, :1]).all() and len(set(groups[:, 0])) == args.clusters)
+        planned += sum(len(p) for p in positions)
+    trainable = int(counts.sum())
+    return {
+        "size": size, "trainable": trainable, "shards": len(store.shards), "window_shards": size_g, "windows": len(plan.windows), "epoch_steps": plan.steps,
+        "worker_peak_rss": stage["worker_peak_rss_bytes"], "driver_peak_rss": driver_peak, "first_step": stage["first_step_seconds"],
+        "steps_per_second": stage["steps_per_second"], "plain_steps_per_second": plain.metrics["steps_per_second"],
+        "rows_checked": len(rows), "rows_ok": bool(rows_ok), "epoch_batches_ok": distinct_ok, "repeats": planned / trainable - 1,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="training samples per store")
+    parser.add_argument("--dv", type=int, default=256, help="feature width Dv (default 256, the demo's)")
+    parser.add_argument("--steps", type=int, default=32, help="feature steps T (default 32, the demo's)")
+    parser.add_argument("--shard-videos", type=int, default=1024, help="videos per store shard (default 1024)")
+    parser.add_argument("--root", default="stores/bench", help="where the stores are built and kept (default stores/bench)")
+    parser.add_argument("--train-steps", type=int, default=200, help="steps of each loop (default 200)")
+    parser.add_argument("--prebuilt", type=int, default=32, help="batches the plain loop cycles over (default 32)")
+    parser.add_argument("--k", type=int, default=64, help="K query clusters (default 64; the demo world has ~560 distinct queries)")
+    parser.add_argument("--batch", type=int, default=64, help="B (default 64)")
+    parser.add_argument("--clusters", type=int, default=8, help="N clusters per batch (default 8)")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden size D of the implicit model (default 128)")
+    parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # one size, in a process of its own
+    args = parser.parse_args()
+    if args.measure:
+        print("RESULT " + json.dumps(measure(args.measure, args)))
+        return
+    for size in args.sizes:
+        print(f"store of {size:,} training samples")
+        prepare(size, args)
+    results = []
+    forwarded = [a for a in sys.argv[1:]]
+    for size in args.sizes:
+        out = subprocess.run([sys.executable, str(HERE), *forwarded, "--measure", str(size)], capture_output=True, text=True)
+        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"size {size} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        results.append(json.loads(line[len("RESULT "):]))
+        print(f"measured {size:,}")
+    mb = 2**20
+    print(f"\nimplicit stage, 1 worker, B={args.batch} (N={args.clusters} × {args.batch // args.clusters}), K={args.k}, Dv={args.dv}, T={args.steps}, hidden {args.hidden}, {args.train_steps} steps")
+    print(f"{'samples':>10} {'shards':>6} {'G':>3} {'worker RSS':>11} {'driver RSS':>11} {'first step':>11} {'steps/s':>8} {'plain':>7} {'ratio':>6}   batches (rows, epoch plan)  repeats")
+    base = results[0]
+    for r in results:
+        print(
+            f"{r['trainable']:>10,} {r['shards']:>6} {r['window_shards']:>3} {r['worker_peak_rss'] / mb:>8.0f} MB {r['driver_peak_rss'] / mb:>8.0f} MB {r['first_step']:>9.1f} s"
+            f" {r['steps_per_second']:>8.2f} {r['plain_steps_per_second']:>7.2f} {r['steps_per_second'] / r['plain_steps_per_second']:>5.2f}×"
+            f"   {'ok' if r['rows_ok'] else 'BAD'} ({r['rows_checked']}), {'ok' if r['epoch_batches_ok'] else 'BAD'} ({r['epoch_steps']:,} batches)  {100 * r['repeats']:5.2f} %"
+        )
+    last = results[-1]
+    print(f"\nlargest against smallest: worker peak RSS {last['worker_peak_rss'] / base['worker_peak_rss']:.2f}×, time to first step {last['first_step'] / base['first_step']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
