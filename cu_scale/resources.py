@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 READ_TASK_CPUS = 0.5  # a store-reading Ray Data task
-TASK_BASE_MEMORY = 256 * 2**20  # a Ray Data task's Python worker before it reads anything (pyarrow, numpy)
+TASK_BASE_MEMORY = 512 * 2**20  # a Ray Data task's Python worker before it reads anything (pyarrow, numpy; torch if the worker ran it before)
 MIN_CONSUMER_CPUS = 0.1  # the least a consumer reserves (Ray needs a positive amount to schedule it)
 
 

@@ -51,6 +51,7 @@ from cu_scale.store import SAMPLE_SCHEMA, FeatureStore, StoreError, features_fro
 WINDOW_SAMPLES_PER_CLUSTER_GROUP = 16  # window ≥ 16·K·(B/N) training samples: ~3 % repeats
 STREAM_OBJECT_STORE_FRACTION = 0.25  # of the object store, for one training stream's blocks
 WINDOW_TASKS = 2  # window tasks at once: one being consumed, the next being read
+LOOP_PAUSE_SECONDS = 0.01  # Ray Data's scheduling loop rests this long per step (`LoopPause`)
 INFERENCE_ROWS = 256  # samples per block of an inference dataset
 KEY_BITS = 32  # sample_key = shard index << KEY_BITS | row in the shard: a unique integer per sample
 
@@ -222,10 +223,45 @@ def check_window_fits(memory: int, setting: str = "batches.window_shards") -> No
         )
 
 
+def _pausing_loop():
+    """`LoopPause`, the Ray Data execution callback, defined on first use (its base class is Ray's)."""
+    from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+    class LoopPause(ExecutionCallback):
+        """Rests Ray Data's scheduling loop for `LOOP_PAUSE_SECONDS` after every step.
+
+        When a pipeline is held back by its consumer (a training worker is slower than the store's readers,
+        which is how it should be), Ray 2.60's streaming executor finds a finished output it may not take yet
+        and goes round its loop again at once: measured here, a `streaming_split` coordinator then burns 97 %
+        of a core, which on these two cores slowed the implicit stage by a quarter. With the pause it uses
+        3 %; a step still takes every output and starts every task it may, so 100 steps a second are far
+        more than these pipelines' blocks (a few to a few hundred a second)."""
+
+        def on_execution_step(self, executor):
+            import time
+
+            time.sleep(LOOP_PAUSE_SECONDS)
+
+    return LoopPause
+
+
+def quiet(dataset, object_store_fraction: float | None = None):
+    """The dataset with this project's execution settings: no progress bars of Ray's, the loop pause, and
+    optionally a budget of that fraction of the object store for its blocks."""
+    import ray
+
+    context = dataset.context
+    context.enable_progress_bars = False
+    context.custom_execution_callback_classes = [*context.custom_execution_callback_classes, _pausing_loop()]
+    budget = ray.cluster_resources().get("object_store_memory", 0) * (object_store_fraction or 0)
+    if budget:
+        context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=budget)
+    return dataset
+
+
 def _stream(plan: EpochPlan, make_batches, layout: StoreLayout):
     """The Ray Dataset of one epoch: one task per window, each yielding its planned batches as rows."""
     import ray
-    from ray.data.context import DataContext
 
     from cu_scale.resources import READ_TASK_CPUS
 
@@ -240,12 +276,7 @@ def _stream(plan: EpochPlan, make_batches, layout: StoreLayout):
     dataset = dataset.map_batches(
         window_rows, batch_size=1, num_cpus=READ_TASK_CPUS, memory=layout.task_memory(windows), compute=ray.data.TaskPoolStrategy(size=min(WINDOW_TASKS, len(windows)))
     )
-    budget = ray.cluster_resources().get("object_store_memory", 0) * STREAM_OBJECT_STORE_FRACTION
-    context: DataContext = dataset.context
-    context.enable_progress_bars = False
-    if budget:
-        context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=budget)
-    return dataset
+    return quiet(dataset, STREAM_OBJECT_STORE_FRACTION)
 
 
 def implicit_window(layout: StoreLayout, clusters_dir: str, memberships: int, per_worker: BatchConfig, shards, count: int, seed: list[int], features: bool = True):
@@ -396,7 +427,7 @@ def inference_dataset(layout: StoreLayout, split: str, *, partial_only: bool = F
 
     indices = list(range(len(layout.shards))) if shards is None else list(shards)
     dataset = ray.data.from_items([{"shard": i} for i in indices], override_num_blocks=max(1, len(indices)))
-    return dataset.map_batches(shard_rows, batch_size=1, num_cpus=READ_TASK_CPUS, memory=layout.task_memory([[i] for i in indices]))
+    return quiet(dataset.map_batches(shard_rows, batch_size=1, num_cpus=READ_TASK_CPUS, memory=layout.task_memory([[i] for i in indices])))
 
 
 def read_examples(layout: StoreLayout, sample_ids: list[str]) -> dict[str, np.ndarray]:

@@ -62,13 +62,24 @@ def iterate(split, device, prefetch: int = PREFETCH_BATCHES, batch_size: int = 1
         yield {name: value[0] for name, value in batch.items()} if batch_size == 1 else batch
 
 
+def private_memory() -> int:
+    """This process's resident memory that is its own (RssAnon): RSS also counts the pages of Ray's shared
+    object store that the process has read batches from, which are not a copy of its own."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class StepClock:
     """The time to the first step (from `started_at`, the driver's wall clock when the stage started), steps
     per second within each epoch (from its first step to its last, so the stream's start-up is not in it)
-    and the worker's peak resident memory: what the training-scale benchmark reads from every epoch."""
+    and the worker's peak memory, resident and private (sampled every second): what the training-scale
+    benchmark reads from every epoch."""
 
     def __init__(self, started_at: float):
-        self.started_at, self.first_step = started_at, None
+        self.started_at, self.first_step, self.peak_private, self.sampled = started_at, None, 0, 0.0
         self.epoch()
 
     def epoch(self) -> None:
@@ -83,11 +94,16 @@ class StepClock:
         else:
             self.steps += 1
         self.last = now
+        if now - self.sampled >= 1.0:
+            self.peak_private, self.sampled = max(self.peak_private, private_memory()), now
 
     def metrics(self) -> dict:
         rate = self.steps / (self.last - self.since) if self.steps else float("nan")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-        return {"first_step_seconds": float("nan") if self.first_step is None else self.first_step, "steps_per_second": rate, "worker_peak_rss_bytes": peak}
+        return {
+            "first_step_seconds": float("nan") if self.first_step is None else self.first_step, "steps_per_second": rate,
+            "worker_peak_rss_bytes": peak, "worker_peak_private_bytes": max(self.peak_private, private_memory()),
+        }
 
 
 def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_decay: float, zero_stage: int, lr_schedule: str, total_steps: int, bf16: bool):
