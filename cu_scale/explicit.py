@@ -47,12 +47,13 @@ def worker_loop(config: dict):
     """Runs on every Ray Train worker; `config` is a plain dict (see `train_explicit`)."""
     from cu_scale.monitoring import TrainingMonitor
     from cu_scale.streams import EpochPlan, StoreLayout, explicit_stream
-    from cu_scale.training import StepClock, deepspeed_engine, iterate, resume, save_and_report, split_stream, worker_setup
+    from cu_scale.training import StepClock, deepspeed_engine, epoch_batches, resume, save_and_report, worker_setup
 
     settings = ExplicitConfig(**config["explicit"])
     layout = StoreLayout(**config["layout"])
     plans = [EpochPlan(**plan) for plan in config["plans"]]
     rank, world_size, device = worker_setup(config, settings.seed)
+    clock = StepClock(config["started_at"])
     model_options = {**settings.model_options(), **config["model_options"]}
     model = model_class(config["model"])(layout.feature_dim, layout.word_dim, **model_options)
     batch_size = settings.batch_size // world_size
@@ -61,18 +62,22 @@ def worker_loop(config: dict):
         zero_stage=settings.zero_stage, lr_schedule=settings.lr_schedule, total_steps=sum(plan.steps for plan in plans), bf16=device.type == "cuda",
     )
     first_epoch, history = resume(engine)
+    clock.mark("engine")
     monitor = TrainingMonitor(**config["monitor"], rank=rank)
-    clock = StepClock(config["started_at"])
     meta = {"class": config["model"], "video_dim": layout.feature_dim, "word_dim": layout.word_dim, "options": model_options, "source": config["source"]}
 
+    def stream(epoch: int):
+        return epoch_batches(lambda: explicit_stream(layout, config["source"], config["pseudo_labels"], batch_size, settings.seed, plans[epoch]), rank, world_size, device)
+
+    upcoming = stream(first_epoch) if first_epoch < settings.epochs else None
     for epoch in range(first_epoch, settings.epochs):
-        plan = plans[epoch]
-        split = split_stream(lambda: explicit_stream(layout, config["source"], config["pseudo_labels"], batch_size, settings.seed, plan), rank, world_size)
+        plan, batches = plans[epoch], upcoming
+        clock.mark("stream")
         model.train()
         clock.epoch()
         sums: dict[str, float] = {}
         steps = 0
-        for batch in iterate(split, device):
+        for batch in batches:
             out = engine(batch["features"].float(), batch["mask"], batch["words"].float(), batch["words_valid"])
             total, terms = model.loss(out, batch["target_start"], batch["target_end"])
             engine.backward(total)
@@ -92,6 +97,7 @@ def worker_loop(config: dict):
         metrics["samples_per_second"] = monitor.epoch(epoch, metrics)
         history.append(metrics)
         last = epoch + 1 == settings.epochs
+        upcoming = None if last else stream(epoch + 1)  # starts while this epoch's checkpoint is written
         save_and_report(engine, rank, epoch, meta, metrics, history, checkpoint=last or (epoch + 1) % settings.checkpoint_every == 0)
     monitor.close()
 

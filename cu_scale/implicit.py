@@ -69,13 +69,14 @@ def worker_loop(config: dict):
     from cu_scale.losses import LossConfig, implicit_batch_loss
     from cu_scale.monitoring import TrainingMonitor
     from cu_scale.streams import EpochPlan, StoreLayout, implicit_stream, inference_dataset
-    from cu_scale.training import StepClock, deepspeed_engine, iterate, resume, save_and_report, split_stream, worker_setup
+    from cu_scale.training import StepClock, deepspeed_engine, epoch_batches, resume, save_and_report, split_stream, worker_setup
 
     settings = ImplicitConfig(**config["implicit"])
     per_worker = BatchConfig(**config["batches"])
     layout = StoreLayout(**config["layout"])
     plans = [EpochPlan(**plan) for plan in config["plans"]]
     rank, world_size, device = worker_setup(config, settings.seed)
+    clock = StepClock(config["started_at"])
     model = ImplicitModel(
         ImplicitModelConfig(
             video_dim=layout.feature_dim, word_dim=layout.word_dim, hidden_dim=settings.hidden_dim,
@@ -90,8 +91,8 @@ def worker_loop(config: dict):
     losses = LossConfig(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(LossConfig)})
 
     first_epoch, history = resume(engine)
+    clock.mark("engine")
     monitor = TrainingMonitor(**config["monitor"], rank=rank)
-    clock = StepClock(config["started_at"])
     max_steps = config.get("max_steps")
     validation = config.get("validation")
     if validation:  # its own small stream, split once and read again every epoch
@@ -99,14 +100,18 @@ def worker_loop(config: dict):
             lambda: inference_dataset(layout, "train", partial_only=True, validation=validation, columns=VALIDATION_COLUMNS), rank, world_size, equal=False
         )
 
+    def stream(epoch: int):
+        return epoch_batches(lambda: implicit_stream(layout, config["clusters_dir"], config["memberships"], per_worker, plans[epoch]), rank, world_size, device)
+
+    upcoming = stream(first_epoch) if first_epoch < settings.epochs else None
     for epoch in range(first_epoch, settings.epochs):
-        plan = plans[epoch]
-        split = split_stream(lambda: implicit_stream(layout, config["clusters_dir"], config["memberships"], per_worker, plan), rank, world_size)
+        plan, batches = plans[epoch], upcoming
+        clock.mark("stream")
         model.train()
         clock.epoch()
         sums: dict[str, float] = {}
         steps = 0
-        for batch in iterate(split, device):
+        for batch in batches:
             total, terms = implicit_batch_loss(engine, batch, losses, rank, world_size)
             engine.backward(total)
             engine.step()
@@ -129,9 +134,13 @@ def worker_loop(config: dict):
         if validation:
             metrics.update(score_validation(model, device, validation_split, world_size, monitor))
         history.append(metrics)
-        save_and_report(engine, rank, epoch, dataclasses.asdict(model.config), metrics, history, checkpoint=max_steps is None)
         if max_steps is not None:
+            save_and_report(engine, rank, epoch, dataclasses.asdict(model.config), metrics, history, checkpoint=False)
             break
+        # The next epoch's stream starts while this one's checkpoint is written (after the validation
+        # stream: both ask for read tasks, and a window task waits for its consumer).
+        upcoming = stream(epoch + 1) if epoch + 1 < settings.epochs else None
+        save_and_report(engine, rank, epoch, dataclasses.asdict(model.config), metrics, history)
     monitor.close()
 
 

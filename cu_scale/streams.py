@@ -18,8 +18,9 @@ rows, not blocks: a batch that is one row can be neither torn apart nor split be
   at most two window tasks run at once (one being consumed, the next being read), and a task stops
   producing when its two unconsumed batches are not taken (Ray Data's streaming-generator backpressure).
   The stream's object-store budget is `STREAM_OBJECT_STORE_FRACTION` of the object store.
-- Workers take their share with `streaming_split` and iterate it with prefetching
-  (`cu_scale.training.epoch_batches`); a worker holds a few batches, never a shard.
+- Workers take their share with `streaming_split` (a group of one iterates the dataset itself) with
+  prefetching, the next epoch's stream started before the checkpoint (`cu_scale.training.epoch_batches`);
+  a worker holds a few batches, never a shard.
 
 G (`batches.window_shards`) trades repeats for memory. Each cluster present in a window ends with a short
 group of B/N filled with repeats (half a group on average), so repeats are about K·(B/N) / (2·window

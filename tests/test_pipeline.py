@@ -35,7 +35,11 @@ def tiny_pipeline(tmp_path_factory, local_ray):
     config.write_text(TINY.format(root=root))
     from cu_scale.pipeline import Pipeline
 
-    Pipeline(load_config(config), progress=False).run_stage("prepare")  # the store every test here reads
+    from cu_scale.encode import encode_store
+
+    loaded = load_config(config)
+    Pipeline(loaded, progress=False).run_stage("prepare")  # the store every test here reads
+    encode_store(loaded.store, loaded.encode, progress=False)  # its word features, whichever test runs first
     return root, config
 
 
