@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the embedded default: the whole pipeline on the built-in demo corpus (no files needed), on a local Ray")
     demo.add_argument("--out", default=DEMO_DIR, help=f"run directory (default {DEMO_DIR})")
-    demo.add_argument("--videos", type=int, default=240, help="number of demo videos (default 240)")
+    demo.add_argument("--videos", type=int, default=2000, help="number of demo videos (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo setting, e.g. --set explicit.epochs=10 (configs/demo.yaml lists them)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -17,19 +17,25 @@ from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, ExplicitCo
 from cu_scale.records import Event, Sample, Video
 
 
-def demo_config(run_dir: str = "runs/demo", videos: int = 240, seed: int = 0, overrides: dict | None = None) -> RunConfig:
+def demo_config(run_dir: str = "runs/demo", videos: int = 2000, seed: int = 0, overrides: dict | None = None) -> RunConfig:
     """The settings `cu-scale demo` runs with (`overrides` as `--set` gives them); configs/demo.yaml holds
-    the same values (a test checks)."""
+    the same values (a test checks).
+
+    *Choices*, for a demo under 10 minutes on two cores that still shows the method: 2,000 videos (2,803
+    training queries: enough that pseudo-labels beat the widened partial label clearly, 67.0 against 58.1
+    mIoU), 10 implicit epochs, and one explicit model, the boundary regressor, trained for 20 epochs on the
+    pseudo-labels and on ground truth (at 10 epochs its training loss was still falling; SpanDETR, which
+    needs longer, is in the Charades-STA configs). Measured: 469 s here."""
     config = RunConfig(
         store=f"{run_dir}/store",
         run_dir=run_dir,
         prepare=PrepareConfig(dataset="demo", feature_dim=256, steps=32, videos=videos, seed=seed),
-        implicit=ImplicitConfig(epochs=40, hidden_dim=64, workers=1),
+        implicit=ImplicitConfig(epochs=10, hidden_dim=64, workers=1),
         encode=EncodeConfig(actors=1, batch_size=256),
         cluster=ClusterConfig(k=16, memberships=2),
         batches=BatchConfig(batch_size=32, clusters_per_batch=4),
         explicit=ExplicitConfig(
-            models=("cu_scale.grounding_models:BoundaryRegressor", "cu_scale.grounding_models:SpanDETR"),
+            models=("cu_scale.grounding_models:BoundaryRegressor",),
             label_sources=("pseudo", "gt"),
             epochs=20,
             checkpoint_every=5,
