@@ -1,6 +1,6 @@
 """Clustering at scale and query-encoding throughput, each beside a plain baseline in the same run.
 
-    .venv/bin/python benchmarks/clustering_and_encoding.py [--points 1000000] [--k 1000] [--store STORE]
+    .venv/bin/python benchmarks/clustering_and_encoding.py [--points 1000000] [--k 1000] [--store STORE] [--encoding-only]
 
 Part 1 clusters N synthetic 384-d unit vectors (mixture of K' Gaussian blobs) with K centroids:
 - the project's clustering (`cu_scale.clustering`: distinct-row check, training sample, faiss k-means,
@@ -125,8 +125,10 @@ def main():
     parser.add_argument("--sklearn-points", type=int, default=100_000)
     parser.add_argument("--store", help="a feature store whose queries to encode (part 2); skipped without it")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--encoding-only", action="store_true", help="skip part 1")
     args = parser.parse_args()
-    part_clustering(args)
+    if not args.encoding_only:
+        part_clustering(args)
     if args.store:
         part_encoding(args)
 

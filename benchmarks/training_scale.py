@@ -6,9 +6,10 @@
 For each size it builds (once, then reuses) a store of the demo world (`cu_scale.demo`: videos of 15-45 s
 holding 2-4 actions, one to three queries each, uniform single-frame labels, simulated features at the
 given width Dv and T steps), encodes it with the real encoder (word features and embeddings, the encode
-stage) and clusters it (faiss, K clusters). Disk: about (Dv · T/1.4 · 2 + 7.7k + 1.6k) bytes per training
-sample; at the defaults (Dv 256, T 32) about 16 GB for all three sizes, most of it the 1M store, and
-about 40 minutes to build them on two cores (rendering and encoding the 1M store).
+stage) and clusters it (faiss, K clusters). At the defaults (Dv 256, T 32) the stores take about 10 kB
+per training sample, 10.7 GB for all three sizes (9.6 GB of it the 1M store), and about 30 minutes to
+build on two cores (the 1M store: 11 minutes to render and write, 9 to encode, each distinct query of a
+shard once).
 
 Then, each size in a fresh process (so that its peak memory is its own): the implicit stage itself
 (`cu_scale.implicit.train_implicit`, one Ray Train worker, DeepSpeed, the store's training stream) for
@@ -100,7 +101,7 @@ def plain_loop(config: dict):
 
     settings = ImplicitConfig(**config["implicit"])
     rank, world_size, device = worker_setup(config, settings.seed)
-    batches = [{name: torch.as_tensor(value[0]) for name, value in row.items() if name != "sample_key"} for row in ray.get(config["batches"])]
+    batches = [{name: torch.as_tensor(value) for name, value in row.items() if name != "sample_key"} for row in ray.get(config["batches"])]
     model = ImplicitModel(ImplicitModelConfig(video_dim=config["video_dim"], word_dim=config["word_dim"], hidden_dim=settings.hidden_dim, heads=settings.heads, dropout=settings.dropout))
     engine = deepspeed_engine(model, batch_size=len(batches[0]["anchor"]), learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
                               zero_stage=settings.zero_stage, lr_schedule=settings.lr_schedule, total_steps=config["steps"], bf16=device.type == "cuda")
@@ -113,6 +114,27 @@ def plain_loop(config: dict):
         if step == 0:
             started = time.time()
     ray.train.report({"steps_per_second": (config["steps"] - 1) / (time.time() - started)})
+
+
+def last_report_callback():
+    import ray.train
+
+    class LastReport(ray.train.UserCallback):
+        """Writes rank 0's last report to a file (Ray Train's Result keeps only reports with a checkpoint)."""
+
+        def __init__(self, path: str):
+            self.path = path
+
+        def after_report(self, run_context, metrics, checkpoint):
+            pathlib.Path(self.path).write_text(json.dumps(metrics[0]))
+
+    return LastReport
+
+
+def cluster_aware(nearest: np.ndarray, clusters: int) -> bool:
+    """A batch's nearest clusters, in batch order, are N runs of B/N samples of one cluster each, N distinct."""
+    groups = nearest.reshape(clusters, -1)
+    return bool((groups == groups[:, :1]).all() and len(set(groups[:, 0].tolist())) == clusters)
 
 
 def measure(size: int, args) -> dict:
@@ -136,11 +158,14 @@ def measure(size: int, args) -> dict:
     batches, cluster, encode = BatchConfig(args.batch, args.clusters), ClusterConfig(k=args.k, memberships=2), EncodeConfig()
     start_ray()
     run_dir = pathlib.Path(args.root) / "runs" / f"{size}-{time.time_ns()}"
-    result = train_implicit(str(path), settings, batches, cluster, encode, str(run_dir), max_steps=args.train_steps)
+    run_dir.mkdir(parents=True)
+    reported = run_dir / "report.json"
+    LastReport = last_report_callback()
+    result = train_implicit(str(path), settings, batches, cluster, encode, str(run_dir), max_steps=args.train_steps, callbacks=(LastReport(str(reported)),))
     if result.error:
         raise RuntimeError(result.error)
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    stage = result.metrics
+    stage = json.loads(reported.read_text())
 
     # The same stream's first batches, prebuilt, for the plain loop; and their clusters checked.
     layout = StoreLayout.of(store, check_encoder(store, encode))
@@ -148,32 +173,31 @@ def measure(size: int, args) -> dict:
     size_g = window_shards(counts.sum(1), batches, cluster.k)
     plan = implicit_plan(counts, batches.per_worker(1), 1, size_g, 0)
     rows = implicit_stream(layout, str(clusters_dir(store, cluster)), 2, batches.per_worker(1), plan).take(args.prebuilt)
-    group = args.batch // args.clusters
-    rows_ok = all(len(np.unique(r["clusters"][0][:, 0].reshape(args.clusters, group), axis=0)) == args.clusters
-                  and (r["clusters"][0][:, 0].reshape(args.clusters, group) == r["clusters"][0][:, 0].reshape(args.clusters, group)[:, :1]).all() for r in rows)
+    rows_ok = all(cluster_aware(r["clusters"][:, 0], args.clusters) for r in rows)
     cpus, threads, use_gpu = training_group(1)
     plain = TorchTrainer(
         plain_loop,
         train_loop_config={"implicit": dataclasses.asdict(settings), "batches": ray.put(rows), "steps": args.train_steps, "video_dim": store.feature_dim,
                            "word_dim": layout.word_dim, "torch_threads": threads},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        run_config=ray.train.RunConfig(name=f"plain-{time.time_ns()}", storage_path=str((run_dir / "plain").resolve())),
+        run_config=ray.train.RunConfig(name=f"plain-{time.time_ns()}", storage_path=str((run_dir / "plain").resolve()), callbacks=[LastReport(str(run_dir / "plain.json"))]),
     ).fit()
+    if plain.error:
+        raise RuntimeError(plain.error)
+    plain_rate = json.loads((run_dir / "plain.json").read_text())["steps_per_second"]
 
     # The whole first epoch as its window tasks plan it (sample columns and cluster files only).
     planned, distinct_ok = 0, True
     for index, (shards, count) in enumerate(zip(plan.windows, plan.batches)):
         window, positions = implicit_window(layout, str(clusters_dir(store, cluster)), 2, batches.per_worker(1), shards, count, [0, index], features=False)
         nearest = window.columns["clusters"][:, 0]
-        for p in positions:
-            groups = nearest[p].reshape(args.clusters, group)
-            distinct_ok &= bool((groups == groups[:, :1]).all() and len(set(groups[:, 0])) == args.clusters)
+        distinct_ok &= all(cluster_aware(nearest[p], args.clusters) for p in positions)
         planned += sum(len(p) for p in positions)
     trainable = int(counts.sum())
     return {
         "size": size, "trainable": trainable, "shards": len(store.shards), "window_shards": size_g, "windows": len(plan.windows), "epoch_steps": plan.steps,
         "worker_peak_rss": stage["worker_peak_rss_bytes"], "worker_peak_private": stage["worker_peak_private_bytes"], "driver_peak_rss": driver_peak, "first_step": stage["first_step_seconds"],
-        "steps_per_second": stage["steps_per_second"], "plain_steps_per_second": plain.metrics["steps_per_second"],
+        "steps_per_second": stage["steps_per_second"], "plain_steps_per_second": plain_rate,
         "rows_checked": len(rows), "rows_ok": bool(rows_ok), "epoch_batches_ok": distinct_ok, "repeats": planned / trainable - 1,
     }
 
@@ -191,6 +215,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64, help="B (default 64)")
     parser.add_argument("--clusters", type=int, default=8, help="N clusters per batch (default 8)")
     parser.add_argument("--hidden", type=int, default=128, help="hidden size D of the implicit model (default 128)")
+    parser.add_argument("--build-only", action="store_true", help="build, encode and cluster the stores, measure nothing")
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # one size, in a process of its own
     args = parser.parse_args()
     if args.measure:
@@ -199,8 +224,10 @@ def main():
     for size in args.sizes:
         print(f"store of {size:,} training samples")
         prepare(size, args)
+    if args.build_only:
+        return
     results = []
-    forwarded = [a for a in sys.argv[1:]]
+    forwarded = sys.argv[1:]
     for size in args.sizes:
         out = subprocess.run([sys.executable, str(HERE), *forwarded, "--measure", str(size)], capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
