@@ -1,7 +1,7 @@
 """Training that streams, at 10k, 100k and 1M training samples: memory, start-up and speed beside the limit.
 
     .venv/bin/python benchmarks/training_scale.py [--sizes 10000 100000 1000000] [--dv 256] [--steps 32]
-        [--root stores/bench] [--train-steps 200] [--k 64] [--batch 64] [--clusters 8] [--hidden 128]
+        [--root stores/bench] [--train-steps 150] [--k 64] [--batch 64] [--clusters 8] [--hidden 128]
 
 For each size it builds (once, then reuses) a store of the demo world (`cu_scale.demo`: videos of 15-45 s
 holding 2-4 actions, one to three queries each, uniform single-frame labels, simulated features at the
@@ -209,7 +209,7 @@ def main():
     parser.add_argument("--steps", type=int, default=32, help="feature steps T (default 32, the demo's)")
     parser.add_argument("--shard-videos", type=int, default=1024, help="videos per store shard (default 1024)")
     parser.add_argument("--root", default="stores/bench", help="where the stores are built and kept (default stores/bench)")
-    parser.add_argument("--train-steps", type=int, default=200, help="steps of each loop (default 200)")
+    parser.add_argument("--train-steps", type=int, default=150, help="steps of each loop (default 150: the 10k store's epoch has 164)")
     parser.add_argument("--prebuilt", type=int, default=32, help="batches the plain loop cycles over (default 32)")
     parser.add_argument("--k", type=int, default=64, help="K query clusters (default 64; the demo world has ~560 distinct queries)")
     parser.add_argument("--batch", type=int, default=64, help="B (default 64)")

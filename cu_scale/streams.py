@@ -7,15 +7,16 @@ tasks, a bounded piece at a time:
 batches, one row per batch (Ray Data may merge or split blocks, and `streaming_split(equal=True)` balances
 rows, not blocks: a batch that is one row can be neither torn apart nor split between workers).
 - The store's shards are dealt into *windows* of G consecutive shards of an order reshuffled every epoch
-  from the seed (`epoch_windows`). One Ray Data task per window reads its shards (samples, videos, word
+  from the seed (`epoch_windows`). `WINDOW_TASKS` Ray Data tasks share the windows (task t takes windows
+  t, t + WINDOW_TASKS, ...); for each window in turn a task reads its shards (samples, videos, word
   features, clusters or labels), plans that window's batches for one worker (`cu_scale.batching` for the
   implicit stage's N clusters × B/N; a plain shuffle for the explicit stage) and yields them one by one.
   A video's features are held once in the task and copied only into the batches that use them.
 - Each window plans a multiple of W batches (W workers), so every epoch has a multiple of W rows and the
   equal split gives every worker the same number of steps, known in advance on the driver from small
   per-shard counts (`implicit_plan`, `explicit_plan`): the learning-rate schedule gets its exact total.
-- Memory: a window task holds its G shards (it asks Ray for that much, `memory=`, from the manifest),
-  at most two window tasks run at once (one being consumed, the next being read), and a task stops
+- Memory: a window task holds one window's G shards at a time (it asks Ray for that much, `memory=`, from
+  the manifest), two window tasks run at once (one being consumed, the next being read), and a task stops
   producing when its two unconsumed batches are not taken (Ray Data's streaming-generator backpressure).
   The stream's object-store budget is `STREAM_OBJECT_STORE_FRACTION` of the object store.
 - Workers take their share with `streaming_split` (a group of one iterates the dataset itself) with
@@ -39,6 +40,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +54,8 @@ from cu_scale.store import SAMPLE_SCHEMA, FeatureStore, StoreError, features_fro
 WINDOW_SAMPLES_PER_CLUSTER_GROUP = 16  # window ≥ 16·K·(B/N) training samples: ~3 % repeats
 STREAM_OBJECT_STORE_FRACTION = 0.25  # of the object store, for one training stream's blocks
 WINDOW_TASKS = 2  # window tasks at once: one being consumed, the next being read
-LOOP_PAUSE_SECONDS = 0.01  # Ray Data's scheduling loop rests this long per step (`LoopPause`)
+LOOP_PAUSE_SECONDS = 0.01  # Ray Data's scheduling loop rests this long per step (`LoopPause`) ...
+LOOP_REST_SECONDS = 0.05  # ... and this long while its consumer has outputs it has not taken
 INFERENCE_ROWS = 256  # samples per block of an inference dataset
 KEY_BITS = 32  # sample_key = shard index << KEY_BITS | row in the shard: a unique integer per sample
 
@@ -229,19 +232,23 @@ def _pausing_loop():
     from ray.data._internal.execution.execution_callback import ExecutionCallback
 
     class LoopPause(ExecutionCallback):
-        """Rests Ray Data's scheduling loop for `LOOP_PAUSE_SECONDS` after every step.
+        """Rests Ray Data's scheduling loop after every step: `LOOP_PAUSE_SECONDS`, or `LOOP_REST_SECONDS`
+        while the consumer has outputs it has not taken yet.
 
         When a pipeline is held back by its consumer (a training worker is slower than the store's readers,
         which is how it should be), Ray 2.60's streaming executor finds a finished output it may not take yet
         and goes round its loop again at once: measured here, a `streaming_split` coordinator then burns 97 %
-        of a core, which on these two cores slowed the implicit stage by a quarter. With the pause it uses
-        3 %; a step still takes every output and starts every task it may, so 100 steps a second are far
-        more than these pipelines' blocks (a few to a few hundred a second)."""
+        of a core, which on these two cores slowed the implicit stage by a quarter. With a 10 ms pause it used
+        3 % on a short stream, but 13 % on a long one, where the executor stays alive for the whole epoch
+        (its step, resource accounting and metrics, costs about a millisecond), and in a group of one it
+        runs in the training process itself. So it rests 50 ms while outputs wait unread (the consumer then
+        holds those and its own prefetched batches: enough for 60 steps a second) and 10 ms otherwise;
+        a step still takes every output and starts every task it may."""
 
         def on_execution_step(self, executor):
-            import time
-
-            time.sleep(LOOP_PAUSE_SECONDS)
+            output = getattr(executor, "_output_node", None)  # Ray 2.60's (operator, state) of the last operator
+            waiting = output[1].output_queue.num_blocks if output is not None else 0
+            time.sleep(LOOP_REST_SECONDS if waiting else LOOP_PAUSE_SECONDS)
 
     return LoopPause
 
@@ -261,7 +268,8 @@ def quiet(dataset, object_store_fraction: float | None = None):
 
 
 def _stream(plan: EpochPlan, make_batches, layout: StoreLayout):
-    """The Ray Dataset of one epoch: one task per window, each yielding its planned batches as rows."""
+    """The Ray Dataset of one epoch: `WINDOW_TASKS` tasks, each reading its share of the windows in turn
+    and yielding their planned batches as rows."""
     import ray
 
     from cu_scale.resources import READ_TASK_CPUS
@@ -269,14 +277,18 @@ def _stream(plan: EpochPlan, make_batches, layout: StoreLayout):
     windows, batches = plan.windows, plan.batches
 
     def window_rows(item: dict):
-        for index in item["window"]:
-            for batch in make_batches(windows[index], batches[index], [plan.epoch, int(index)]):
-                yield _as_row(batch)
+        for indices in item["windows"]:
+            for index in indices:
+                for batch in make_batches(windows[index], batches[index], [plan.epoch, int(index)]):
+                    yield _as_row(batch)
 
-    dataset = ray.data.from_items([{"window": j} for j in range(len(windows))], override_num_blocks=max(1, len(windows)))
-    dataset = dataset.map_batches(
-        window_rows, batch_size=1, num_cpus=READ_TASK_CPUS, memory=layout.task_memory(windows), compute=ray.data.TaskPoolStrategy(size=min(WINDOW_TASKS, len(windows)))
-    )
+    # Task t reads windows t, t + WINDOW_TASKS, ... one after the other: a dataset of one input block per
+    # window would have Ray Data's scheduling loop walk every queued window at every step, in the
+    # training process (measured: 3 % of a core with 2 windows, 15 % with 104, so it grew with the store).
+    tasks = max(1, min(WINDOW_TASKS, len(windows)))
+    items = [{"windows": list(range(t, len(windows), tasks))} for t in range(tasks)]
+    dataset = ray.data.from_items(items, override_num_blocks=tasks)
+    dataset = dataset.map_batches(window_rows, batch_size=1, num_cpus=READ_TASK_CPUS, memory=layout.task_memory(windows), compute=ray.data.TaskPoolStrategy(size=tasks))
     return quiet(dataset, STREAM_OBJECT_STORE_FRACTION)
 
 
