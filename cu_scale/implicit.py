@@ -134,13 +134,12 @@ def worker_loop(config: dict):
         if validation:
             metrics.update(score_validation(model, device, validation_split, world_size, monitor))
         history.append(metrics)
-        if max_steps is not None:
-            save_and_report(engine, rank, epoch, dataclasses.asdict(model.config), metrics, history, checkpoint=False)
-            break
         # The next epoch's stream starts while this one's checkpoint is written (after the validation
         # stream: both ask for read tasks, and a window task waits for its consumer).
-        upcoming = stream(epoch + 1) if epoch + 1 < settings.epochs else None
-        save_and_report(engine, rank, epoch, dataclasses.asdict(model.config), metrics, history)
+        upcoming = stream(epoch + 1) if max_steps is None and epoch + 1 < settings.epochs else None
+        save_and_report(engine, rank, epoch, dataclasses.asdict(model.config), metrics, history, checkpoint=max_steps is None)
+        if max_steps is not None:
+            break
     monitor.close()
 
 

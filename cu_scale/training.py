@@ -88,8 +88,8 @@ def private_memory() -> int:
 class Prefetched:
     """An iterator whose first item is being fetched in a thread of its own from the moment it is made.
 
-    Each epoch's stream starts with a coordinator and a window read: made before the last epoch's
-    checkpoint is written, the next stream's first batch is ready when training resumes."""
+    Each epoch's stream starts with a window read (and, for several workers, a split coordinator): made
+    before the last epoch's checkpoint is written, the next stream's first batch is ready when training resumes."""
 
     def __init__(self, iterator):
         self.iterator, self.first = iterator, {}
@@ -125,7 +125,7 @@ class StepClock:
     benchmark reads from every epoch."""
 
     def __init__(self, started_at: float):
-        self.started_at, self.first_step, self.peak_private, self.sampled = started_at, None, 0, 0.0
+        self.started_at, self.peak_private, self.sampled = started_at, 0, 0.0
         self.startup = {"worker_seconds": time.time() - started_at}
         self.epoch_started = None
         self.epoch()
@@ -141,9 +141,7 @@ class StepClock:
 
     def step(self) -> None:
         now = time.time()
-        if self.first_step is None:
-            self.first_step = now - self.started_at
-            self.startup["first_step_seconds"] = self.first_step
+        self.startup.setdefault("first_step_seconds", now - self.started_at)
         if self.since is None:
             self.since = now
         else:
@@ -159,7 +157,7 @@ class StepClock:
         epoch_seconds, self.epoch_started = now - self.epoch_started, now
         return {
             "epoch_seconds": epoch_seconds,
-            **self.startup, "first_step_seconds": float("nan") if self.first_step is None else self.first_step, "steps_per_second": rate,
+            "first_step_seconds": float("nan"), **self.startup, "steps_per_second": rate,
             "worker_peak_rss_bytes": peak, "worker_peak_private_bytes": max(self.peak_private, private_memory()),
         }
 
