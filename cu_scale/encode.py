@@ -76,8 +76,9 @@ class ShardEncoder:
         for samples_file in batch["samples_file"]:
             samples = pq.read_table(self.store_path / samples_file, columns=["sample_id", "query"], schema=SAMPLE_SCHEMA)
             queries, inverse = np.unique(np.asarray(samples.column("query").to_pylist(), dtype=object), return_inverse=True)
-            # Batch queries of similar length together (as sentence-transformers does): less padding.
-            order = np.argsort([len(q) for q in queries], kind="stable")
+            # Batch queries of the same token count together: each batch is padded only to its longest query.
+            # (sentence-transformers sorts by characters, which pads about 15% more on Charades-STA.)
+            order = np.argsort(self.encoder.token_counts(list(queries)), kind="stable")
             samples_per_query = np.bincount(inverse, minlength=len(queries))
             embeddings = np.zeros((len(queries), self.encoder.dim), np.float32)
             words = np.empty(len(queries), dtype=object)

@@ -52,6 +52,11 @@ class QueryEncoder:
             hidden = self.model(**batch).last_hidden_state
         return hidden, batch["attention_mask"]
 
+    def token_counts(self, queries: list[str]) -> np.ndarray:
+        """Each query's number of tokens as `encode` sees it (special tokens included, at most `max_tokens`)."""
+        ids = self.tokenizer(list(queries), truncation=True, max_length=self.max_tokens)["input_ids"]
+        return np.fromiter(map(len, ids), np.int32, len(ids))
+
     def encode(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One pass: (sentence embeddings ``(n, D)`` float32, token states ``(n, L, D)`` float32 padded to the
         longest query, valid lengths ``(n,)``). The embedding is the masked mean of the returned states."""

@@ -32,6 +32,9 @@ def test_word_features_and_masks(encoder):
     # [CLS] a person opens the door . [SEP] = 8 tokens; the long query is truncated to max_tokens.
     assert mask[0].sum() == 8 and mask[2].sum() == 4 and mask[4].all()
     assert not mask[0, 8:].any() and mask[0, :8].all()
+    # The encode stage sorts by these counts: they are the valid lengths `encode` returns.
+    np.testing.assert_array_equal(encoder.token_counts(QUERIES + ["word " * 40]), [8, 6, 4, 7, 12])
+    np.testing.assert_array_equal(encoder.encode(QUERIES)[2], encoder.token_counts(QUERIES))
 
 
 def test_missing_model_directory_is_named(tmp_path):
