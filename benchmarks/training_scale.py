@@ -157,15 +157,19 @@ def measure(size: int, args) -> dict:
     settings = ImplicitConfig(epochs=1, hidden_dim=args.hidden, workers=1)
     batches, cluster, encode = BatchConfig(args.batch, args.clusters), ClusterConfig(k=args.k, memberships=2), EncodeConfig()
     start_ray()
-    run_dir = pathlib.Path(args.root) / "runs" / f"{size}-{time.time_ns()}"
-    run_dir.mkdir(parents=True)
-    reported = run_dir / "report.json"
     LastReport = last_report_callback()
-    result = train_implicit(str(path), settings, batches, cluster, encode, str(run_dir), max_steps=args.train_steps, callbacks=(LastReport(str(reported)),))
-    if result.error:
-        raise RuntimeError(result.error)
-    driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    stage = json.loads(reported.read_text())
+
+    def stage_run() -> dict:
+        run_dir = pathlib.Path(args.root) / "runs" / f"{size}-{time.time_ns()}"
+        run_dir.mkdir(parents=True)
+        reported = run_dir / "report.json"
+        result = train_implicit(str(path), settings, batches, cluster, encode, str(run_dir), max_steps=args.train_steps, callbacks=(LastReport(str(reported)),))
+        if result.error:
+            raise RuntimeError(result.error)
+        return json.loads(reported.read_text())
+
+    stages = [stage_run()]  # memory and start-up are this first run's, when nothing of the store is in the page cache
+    driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the driver builds the plain loop's batches
 
     # The same stream's first batches, prebuilt, for the plain loop; and their clusters checked.
     layout = StoreLayout.of(store, check_encoder(store, encode))
@@ -174,17 +178,31 @@ def measure(size: int, args) -> dict:
     plan = implicit_plan(counts, batches.per_worker(1), 1, size_g, 0)
     rows = implicit_stream(layout, str(clusters_dir(store, cluster)), 2, batches.per_worker(1), plan).take(args.prebuilt)
     rows_ok = all(cluster_aware(r["clusters"][:, 0], args.clusters) for r in rows)
+    prebuilt = ray.put(rows)
+    del rows
     cpus, threads, use_gpu = training_group(1)
-    plain = TorchTrainer(
-        plain_loop,
-        train_loop_config={"implicit": dataclasses.asdict(settings), "batches": ray.put(rows), "steps": args.train_steps, "video_dim": store.feature_dim,
-                           "word_dim": layout.word_dim, "torch_threads": threads},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        run_config=ray.train.RunConfig(name=f"plain-{time.time_ns()}", storage_path=str((run_dir / "plain").resolve()), callbacks=[LastReport(str(run_dir / "plain.json"))]),
-    ).fit()
-    if plain.error:
-        raise RuntimeError(plain.error)
-    plain_rate = json.loads((run_dir / "plain.json").read_text())["steps_per_second"]
+
+    def plain_run() -> float:
+        run_dir = pathlib.Path(args.root) / "runs" / f"plain-{size}-{time.time_ns()}"
+        plain = TorchTrainer(
+            plain_loop,
+            train_loop_config={"implicit": dataclasses.asdict(settings), "batches": prebuilt, "steps": args.train_steps, "video_dim": store.feature_dim,
+                               "word_dim": layout.word_dim, "torch_threads": threads},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+            run_config=ray.train.RunConfig(name="plain", storage_path=str(run_dir.resolve()), callbacks=[LastReport(str(run_dir / "plain.json"))]),
+        ).fit()
+        if plain.error:
+            raise RuntimeError(plain.error)
+        return json.loads((run_dir / "plain.json").read_text())["steps_per_second"]
+
+    # This machine's speed drifts by a quarter within minutes (the plain loop alone: 4.1 to 5.3 steps/s),
+    # so the two loops take turns, `--rounds` times each, and are compared over the same minutes.
+    plain_rates = [plain_run()]
+    for _ in range(1, args.rounds):
+        stages.append(stage_run())
+        plain_rates.append(plain_run())
+    stage = stages[0]
+    stage_rates = [s["steps_per_second"] for s in stages]
 
     # The whole first epoch as its window tasks plan it (sample columns and cluster files only).
     planned, distinct_ok = 0, True
@@ -197,8 +215,9 @@ def measure(size: int, args) -> dict:
     return {
         "size": size, "trainable": trainable, "shards": len(store.shards), "window_shards": size_g, "windows": len(plan.windows), "epoch_steps": plan.steps,
         "worker_peak_rss": stage["worker_peak_rss_bytes"], "worker_peak_private": stage["worker_peak_private_bytes"], "driver_peak_rss": driver_peak, "first_step": stage["first_step_seconds"],
-        "steps_per_second": stage["steps_per_second"], "plain_steps_per_second": plain_rate,
-        "rows_checked": len(rows), "rows_ok": bool(rows_ok), "epoch_batches_ok": distinct_ok, "repeats": planned / trainable - 1,
+        "steps_per_second": float(np.mean(stage_rates)), "plain_steps_per_second": float(np.mean(plain_rates)),
+        "round_ratios": [a / b for a, b in zip(stage_rates, plain_rates)], "stage_rates": stage_rates, "plain_rates": plain_rates,
+        "rows_checked": args.prebuilt, "rows_ok": bool(rows_ok), "epoch_batches_ok": distinct_ok, "repeats": planned / trainable - 1,
     }
 
 
@@ -210,6 +229,7 @@ def main():
     parser.add_argument("--shard-videos", type=int, default=1024, help="videos per store shard (default 1024)")
     parser.add_argument("--root", default="stores/bench", help="where the stores are built and kept (default stores/bench)")
     parser.add_argument("--train-steps", type=int, default=150, help="steps of each loop (default 150: the 10k store's epoch has 164)")
+    parser.add_argument("--rounds", type=int, default=2, help="turns of the stage and the plain loop, one after the other (default 2)")
     parser.add_argument("--prebuilt", type=int, default=32, help="batches the plain loop cycles over (default 32)")
     parser.add_argument("--k", type=int, default=64, help="K query clusters (default 64; the demo world has ~560 distinct queries)")
     parser.add_argument("--batch", type=int, default=64, help="B (default 64)")
@@ -234,15 +254,15 @@ def main():
         if line is None:
             sys.exit(f"size {size} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         results.append(json.loads(line[len("RESULT "):]))
-        print(f"measured {size:,}")
+        print(f"measured {size:,}: steps/s of the stage {results[-1]['stage_rates']}, of the plain loop {results[-1]['plain_rates']}")
     mb = 2**20
     print(f"\nimplicit stage, 1 worker, B={args.batch} (N={args.clusters} × {args.batch // args.clusters}), K={args.k}, Dv={args.dv}, T={args.steps}, hidden {args.hidden}, {args.train_steps} steps")
-    print(f"{'samples':>10} {'shards':>6} {'G':>3} {'worker RSS':>11} {'(private)':>10} {'driver RSS':>11} {'first step':>11} {'steps/s':>8} {'plain':>7} {'ratio':>6}   batches (rows, epoch plan)  repeats")
+    print(f"{'samples':>10} {'shards':>6} {'G':>3} {'worker RSS':>11} {'(private)':>10} {'driver RSS':>11} {'first step':>11} {'steps/s':>8} {'plain':>7} {'ratio':>6} {'(rounds)':>12}   batches (rows, epoch plan)  repeats")
     base = results[0]
     for r in results:
         print(
             f"{r['trainable']:>10,} {r['shards']:>6} {r['window_shards']:>3} {r['worker_peak_rss'] / mb:>8.0f} MB {r['worker_peak_private'] / mb:>7.0f} MB {r['driver_peak_rss'] / mb:>8.0f} MB {r['first_step']:>9.1f} s"
-            f" {r['steps_per_second']:>8.2f} {r['plain_steps_per_second']:>7.2f} {r['steps_per_second'] / r['plain_steps_per_second']:>5.2f}×"
+            f" {r['steps_per_second']:>8.2f} {r['plain_steps_per_second']:>7.2f} {r['steps_per_second'] / r['plain_steps_per_second']:>5.2f}× {'/'.join(f'{x:.2f}' for x in r['round_ratios']):>12}"
             f"   {'ok' if r['rows_ok'] else 'BAD'} ({r['rows_checked']}), {'ok' if r['epoch_batches_ok'] else 'BAD'} ({r['epoch_steps']:,} batches)  {100 * r['repeats']:5.2f} %"
         )
     last = results[-1]

@@ -67,7 +67,7 @@ def worker_loop(config: dict):
     meta = {"class": config["model"], "video_dim": layout.feature_dim, "word_dim": layout.word_dim, "options": model_options, "source": config["source"]}
 
     def stream(epoch: int):
-        return epoch_batches(lambda: explicit_stream(layout, config["source"], config["pseudo_labels"], batch_size, settings.seed, plans[epoch]), rank, world_size, device)
+        return epoch_batches(lambda: explicit_stream(layout, config["source"], config["pseudo_labels"], batch_size, settings.seed, plans[epoch]), rank, world_size, device, plans[epoch].steps)
 
     upcoming = stream(first_epoch) if first_epoch < settings.epochs else None
     for epoch in range(first_epoch, settings.epochs):

@@ -101,7 +101,7 @@ def worker_loop(config: dict):
         )
 
     def stream(epoch: int):
-        return epoch_batches(lambda: implicit_stream(layout, config["clusters_dir"], config["memberships"], per_worker, plans[epoch]), rank, world_size, device)
+        return epoch_batches(lambda: implicit_stream(layout, config["clusters_dir"], config["memberships"], per_worker, plans[epoch]), rank, world_size, device, plans[epoch].steps)
 
     upcoming = stream(first_epoch) if first_epoch < settings.epochs else None
     for epoch in range(first_epoch, settings.epochs):

@@ -116,6 +116,25 @@ def test_the_implicit_stream_is_whole_batches_of_n_clusters_that_cover_the_epoch
     assert row["clusters"][0].tolist() == clusters[ids.index(sample_id)].tolist()
 
 
+def test_a_group_of_one_iterates_a_short_epoch_itself_and_splits_a_long_one(store):
+    import ray
+
+    from cu_scale.training import DIRECT_STEPS, split_stream
+
+    store, config, layout = store
+    counts = trainable_counts(store, config.cluster)
+    per_worker = config.batches.per_worker(1)
+    plan = implicit_plan(counts, per_worker, 1, 2, 0)
+
+    def make():
+        return implicit_stream(layout, str(clusters_dir(store, config.cluster)), config.cluster.memberships, per_worker, plan)
+
+    direct, split = split_stream(make, 0, 1, steps=DIRECT_STEPS - 1), split_stream(make, 0, 1, steps=DIRECT_STEPS)
+    assert isinstance(direct, ray.data.Dataset) and isinstance(split, ray.data.DataIterator)
+    keys = [sorted(k for row in rows.iter_rows() for k in row["sample_key"].tolist()) for rows in (direct, split)]
+    assert len(keys[0]) == plan.steps * per_worker.batch_size and keys[0] == keys[1]
+
+
 def test_the_explicit_stream_covers_every_labelled_sample_in_batches_of_b_over_w(store):
     store, config, layout = store
     labelled = labelled_counts(store, "gt")
