@@ -126,7 +126,7 @@ def part_encoding(args):
     script = time.perf_counter() - started
     count, call = out.stdout.split()
     count, call = int(count), float(call)
-    print(f"\nencoding {count:,} queries of {store.path} ({sum(1 for _ in files)} shards)")
+    print(f"\nencoding {count:,} queries of {store.path} ({len(files)} shards)")
     print(f"{'plain SentenceTransformer.encode, as a script':<48}{count / script:>7.0f} queries/s  ({script:.1f} s from the process's start)")
     print(f"{'plain SentenceTransformer.encode, the call alone':<48}{count / call:>7.0f} queries/s  ({call:.1f} s)")
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False)

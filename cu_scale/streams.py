@@ -16,12 +16,13 @@ rows, not blocks: a batch that is one row can be neither torn apart nor split be
   equal split gives every worker the same number of steps, known in advance on the driver from small
   per-shard counts (`implicit_plan`, `explicit_plan`): the learning-rate schedule gets its exact total.
 - Memory: a window task holds one window's G shards at a time (it asks Ray for that much, `memory=`, from
-  the manifest), two window tasks run at once (one being consumed, the next being read), and a task stops
-  producing when its two unconsumed batches are not taken (Ray Data's streaming-generator backpressure).
+  the manifest), two window tasks run at once (one being consumed, the next being read), its batches leave
+  it in blocks of `STREAM_BLOCK_BYTES`, and it stops producing when two of its blocks are not taken (Ray
+  Data's streaming-generator backpressure).
   The stream's object-store budget is `STREAM_OBJECT_STORE_FRACTION` of the object store.
-- Workers take their share with `streaming_split` (a group of one iterates the dataset itself) with
-  prefetching, the next epoch's stream started before the checkpoint (`cu_scale.training.epoch_batches`);
-  a worker holds a few batches, never a shard.
+- Workers take their share with `streaming_split` (a group of one iterates a short epoch's dataset
+  itself: `cu_scale.training.split_stream`) with prefetching, the next epoch's stream started before the
+  checkpoint (`cu_scale.training.epoch_batches`); a worker holds a few blocks of batches, never a shard.
 
 G (`batches.window_shards`) trades repeats for memory. Each cluster present in a window ends with a short
 group of B/N filled with repeats (half a group on average), so repeats are about K·(B/N) / (2·window
@@ -246,8 +247,8 @@ def _pausing_loop():
         and goes round its loop again at once: measured here, a `streaming_split` coordinator then burns 97 %
         of a core, which on these two cores slowed the implicit stage by a quarter. With a 10 ms pause it used
         3 % on a short stream, but 13 % on a long one, where the executor stays alive for the whole epoch
-        (its step, resource accounting and metrics, costs about a millisecond), and in a group of one it
-        runs in the training process itself. So it rests 50 ms while outputs wait unread (the consumer then
+        (its step, resource accounting and metrics, costs about a millisecond), and in a group of one on a
+        short epoch it runs in the training process itself. So it rests 50 ms while outputs wait unread (the consumer then
         holds those and its own prefetched batches: enough for 60 steps a second) and 10 ms otherwise;
         a step still takes every output and starts every task it may."""
 

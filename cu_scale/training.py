@@ -93,7 +93,7 @@ def private_memory() -> int:
 class Prefetched:
     """An iterator whose first item is being fetched in a thread of its own from the moment it is made.
 
-    Each epoch's stream starts with a window read (and, for several workers, a split coordinator): made
+    Each epoch's stream starts with a window read (and, for several workers or a long epoch, a split coordinator): made
     before the last epoch's checkpoint is written, the next stream's first batch is ready when training resumes."""
 
     def __init__(self, iterator):
