@@ -15,7 +15,7 @@ import time
 from cu_scale.annotations import AnnotationError
 from cu_scale.batching import BatchingError
 from cu_scale.clustering import ClusteringError
-from cu_scale.config import ConfigError
+from cu_scale.config import DEMO_WORLDS, ConfigError
 from cu_scale.partial_labels import METHODS, PartialLabelSpec
 from cu_scale.pipeline import STAGES
 from cu_scale.simulator import SimulatorSettings
@@ -68,7 +68,7 @@ def _run_prepare(args) -> int:
     started = time.perf_counter()
     options = _store_options(args)
     if args.dataset == "demo":
-        manifest = prepare.prepare_demo(options, num_videos=args.videos, seed=args.seed)
+        manifest = prepare.prepare_demo(options, num_videos=args.videos, seed=args.seed, world=args.world)
     elif args.dataset == "charades-sta":
         manifest = prepare.prepare_charades_sta(
             options, args.annotations, args.glance, _partial_spec(args), _simulator(args), args.features
@@ -320,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_store = datasets.add_parser("demo", help="the built-in demo world (no files needed)")
     demo_store.add_argument("--videos", type=int, default=240, help="number of videos (default 240)")
     demo_store.add_argument("--seed", type=int, default=0)
+    demo_store.add_argument("--world", choices=DEMO_WORLDS, default="short", help="short: 15-45 s videos, moments a quarter of them (default);"
+                            " long: 2-7 minute videos, moments of 3-40 s")
     _add_store_arguments(demo_store, default_steps=32)
     prepare.set_defaults(run=_run_prepare)
 

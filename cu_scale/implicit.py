@@ -81,6 +81,8 @@ def worker_loop(config: dict):
         ImplicitModelConfig(
             video_dim=layout.feature_dim, word_dim=layout.word_dim, hidden_dim=settings.hidden_dim,
             heads=settings.heads, dropout=settings.dropout, contrast_features=settings.contrast_features,
+            steepness_unit=settings.steepness_unit, initial_steepness=settings.initial_steepness, initial_width=settings.initial_width,
+            context_widths=settings.context_widths,
         )
     )
     engine = deepspeed_engine(

@@ -237,7 +237,7 @@ class Pipeline:
         return {"metrics": metrics, "checkpoint": result.checkpoint.path}
 
     def _pseudo_label(self) -> dict:
-        from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR, pseudo_label
+        from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR, describe_shape, pseudo_label, pseudo_label_warning
         from cu_scale.training import latest_checkpoint
 
         c = self.config
@@ -251,6 +251,10 @@ class Pipeline:
         self.say(f"pseudo-label {result['rows']:,} training samples from {checkpoint.name} in {time.perf_counter() - started:.1f} s → {self.run_dir / PSEUDO_LABELS_DIR}")
         if result["metrics"]:
             self.say(metrics_table(result["metrics"]))
+            self.say(describe_shape(result["shape"]))
+            warning = pseudo_label_warning(result["metrics"])
+            if warning:
+                self.say(warning)
         return result
 
     def _explicit(self) -> dict:
@@ -289,7 +293,7 @@ class Pipeline:
     def _evaluate(self) -> dict:
         from cu_scale.evaluation import evaluate_predictions, read_predictions
         from cu_scale.explicit import predict_split, stage_name
-        from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR, score_pseudo_labels
+        from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR, pseudo_label_shape, score_pseudo_labels
         from cu_scale.training import latest_checkpoint
 
         c = self.config
@@ -307,10 +311,10 @@ class Pipeline:
         for name, (model, source, _) in trained.items():
             path = files[name]
             results[name] = {"model": model, "label_source": source, "split": c.explicit.test_split, "predictions_file": str(path), **evaluate_predictions(read_predictions(path))}
-        pseudo = None
+        pseudo = shape = None
         if (self.run_dir / PSEUDO_LABELS_DIR).is_dir() and self.needs_pseudo_labels:
-            pseudo = score_pseudo_labels(self.run_dir / PSEUDO_LABELS_DIR)
-        metrics = {"config": c.source, "run_dir": str(self.run_dir), "pseudo_labels": pseudo, "explicit": results}
+            pseudo, shape = score_pseudo_labels(self.run_dir / PSEUDO_LABELS_DIR), pseudo_label_shape(self.run_dir / PSEUDO_LABELS_DIR)
+        metrics = {"config": c.source, "run_dir": str(self.run_dir), "pseudo_labels": pseudo, "pseudo_label_shape": shape, "explicit": results}
         (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         self.say(f"evaluate     {c.explicit.test_split} split, R@1 in percent → {self.run_dir / METRICS_FILE}")
         self.say(metrics_table({name: r for name, r in results.items()}))
@@ -344,7 +348,7 @@ def build_store(config: RunConfig, progress: bool = True) -> dict:
     noise = {} if p.noise is None else {"noise": p.noise}
     if p.dataset == "demo":
         simulator = SimulatorSettings(feature_dim=p.feature_dim, max_steps=p.steps, steps_per_second=1.0, seed=p.seed, world_seed=p.world_seed, **noise)
-        return prepare.prepare_demo(options, num_videos=p.videos, seed=p.seed, simulator=simulator)
+        return prepare.prepare_demo(options, num_videos=p.videos, seed=p.seed, simulator=simulator, world=p.world)
     spec = PartialLabelSpec(p.partial, seed=p.partial_seed, clip_seconds=p.clip_seconds)
     simulator = None if p.features else SimulatorSettings(feature_dim=p.feature_dim, max_steps=p.steps, seed=p.seed, world_seed=p.world_seed, **noise)
     if p.dataset == "charades-sta":

@@ -200,14 +200,14 @@ def prepare_activitynet(
     return build_store(options, "activitynet-captions", videos, samples, source, labels)
 
 
-def prepare_demo(options: StoreOptions, num_videos: int = 240, seed: int = 0, simulator: SimulatorSettings | None = None) -> dict:
-    """The demo world (`cu_scale.demo`) with uniformly sampled single-frame labels, simulated features."""
-    videos, samples = generate_demo_corpus(num_videos, seed)
+def prepare_demo(options: StoreOptions, num_videos: int = 240, seed: int = 0, simulator: SimulatorSettings | None = None, world: str = "short") -> dict:
+    """The demo world `world` (`cu_scale.demo`) with uniformly sampled single-frame labels, simulated features."""
+    videos, samples = generate_demo_corpus(num_videos, seed, world=world)
     spec = PartialLabelSpec("uniform", seed=seed)
     samples = assign_partial_labels(samples, spec, {v.video_id: v.duration for v in videos.values()})
     simulator = simulator or SimulatorSettings(feature_dim=256, max_steps=options.max_steps, steps_per_second=1.0, seed=seed)
     labels = {split: spec.describe() for split in ("train", "test")}
-    return build_store(options, "demo", videos, samples, SimulatedFeatures(simulator, "actions"), labels)
+    return build_store(options, "demo" if world == "short" else f"demo-{world}", videos, samples, SimulatedFeatures(simulator, "actions"), labels)
 
 
 def _feature_source(

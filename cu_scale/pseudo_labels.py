@@ -13,7 +13,9 @@ complete, and reads as one table with ``pyarrow.parquet.read_table``.
 When ground truth is known, the pseudo-labels are scored (R@0.3/0.5/0.7, mIoU) beside two baselines in
 the same table: the partial label as is, and the partial label widened to the training set's mean moment
 length around its centre, clipped to the video. Scoring reads the files twice (the mean length first), a
-shard at a time.
+shard at a time. `pseudo_label_shape` says how the events compare with the moments (lengths, and how far
+their centres sit from the partial label), and `pseudo_label_warning` says in words when the pseudo-labels
+lose to the widened partial label: then the explicit stage would learn better from doing nothing.
 """
 
 from __future__ import annotations
@@ -124,19 +126,23 @@ def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: st
     files.close()
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    return {"rows": files.rows, "metrics": score_pseudo_labels(final)}
+    return {"rows": files.rows, "metrics": score_pseudo_labels(final), "shape": pseudo_label_shape(final)}
+
+
+def _scored_shards(directory: str | os.PathLike):
+    """The pseudo-label files' columns (float seconds), one shard at a time, on the samples with ground truth."""
+    for part in sorted(pathlib.Path(directory).glob("part-*.parquet")):
+        table = pq.read_table(part, columns=list(OUTPUT_COLUMNS[1:]))
+        columns = {name: table.column(name).to_numpy(zero_copy_only=False).astype(float) for name in table.column_names}
+        known = ~np.isnan(columns["gt_start"])
+        yield {name: values[known] for name, values in columns.items()}
 
 
 def score_pseudo_labels(directory: str | os.PathLike) -> dict[str, dict[str, float]] | None:
     """Metrics of the pseudo-labels in `directory` and of the two baselines, on the samples with ground truth."""
-    parts = sorted(pathlib.Path(directory).glob("part-*.parquet"))
 
     def shards():
-        for part in parts:
-            table = pq.read_table(part, columns=list(OUTPUT_COLUMNS[1:]))
-            columns = {name: table.column(name).to_numpy(zero_copy_only=False).astype(float) for name in table.column_names}
-            known = ~np.isnan(columns["gt_start"])
-            yield {name: values[known] for name, values in columns.items()}
+        return _scored_shards(directory)
 
     count, total_length = 0, 0.0
     for c in shards():
@@ -157,3 +163,79 @@ def score_pseudo_labels(directory: str | os.PathLike) -> dict[str, dict[str, flo
         "partial label as is": tallies["as is"].metrics(),
         f"partial widened to mean length {mean_length:.1f} s": tallies["widened"].metrics(),
     }
+
+
+class LengthHistogram:
+    """Counts of lengths in seconds on a log scale (1 % wide bins from 10 ms to 10⁵ s): percentiles of any
+    number of samples in fixed memory, to within one bin."""
+
+    EDGES = np.logspace(-2, 5, 1621)  # 1620 bins, each 1 % wider than the last
+
+    def __init__(self):
+        self.counts = np.zeros(len(self.EDGES) + 1, np.int64)
+
+    def add(self, lengths: np.ndarray) -> None:
+        self.counts += np.bincount(np.searchsorted(self.EDGES, lengths), minlength=len(self.counts))
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0–100): the geometric centre of the bin it falls in (0 below 10 ms)."""
+        rank = np.searchsorted(np.cumsum(self.counts), q / 100 * self.counts.sum(), side="left")
+        if rank == 0:
+            return 0.0
+        low, high = self.EDGES[max(rank - 1, 0)], self.EDGES[min(rank, len(self.EDGES) - 1)]
+        return float(np.sqrt(low * high))
+
+
+def pseudo_label_shape(directory: str | os.PathLike) -> dict[str, float] | None:
+    """How the pseudo-labels' events compare with the true moments, on the samples with ground truth:
+    median and 5–95 % lengths of both (seconds, `LengthHistogram`), the mean distance of each centre from
+    the partial label's centre (the anchor the detector starts from), and between the two centres. A shard
+    at a time, in fixed memory."""
+    predicted, true = LengthHistogram(), LengthHistogram()
+    count, predicted_offset, true_offset, apart = 0, 0.0, 0.0, 0.0
+    for c in _scored_shards(directory):
+        anchor = (c["partial_start"] + c["partial_end"]) / 2
+        centre, true_centre = (c["pseudo_start"] + c["pseudo_end"]) / 2, (c["gt_start"] + c["gt_end"]) / 2
+        predicted.add(c["pseudo_end"] - c["pseudo_start"])
+        true.add(c["gt_end"] - c["gt_start"])
+        count += len(anchor)
+        predicted_offset += float(np.abs(centre - anchor).sum())
+        true_offset += float(np.abs(true_centre - anchor).sum())
+        apart += float(np.abs(centre - true_centre).sum())
+    if not count:
+        return None
+    return {
+        "samples": count,
+        "median_length": predicted.percentile(50), "median_true_length": true.percentile(50),
+        "length_p5": predicted.percentile(5), "length_p95": predicted.percentile(95),
+        "true_length_p5": true.percentile(5), "true_length_p95": true.percentile(95),
+        "centre_from_anchor": predicted_offset / count, "true_centre_from_anchor": true_offset / count, "centre_error": apart / count,
+    }
+
+
+def describe_shape(shape: dict[str, float]) -> str:
+    """Two lines for a person: the events' lengths and centres beside the moments'."""
+    return (
+        f"event lengths: median {shape['median_length']:.1f} s (5-95 % {shape['length_p5']:.1f}-{shape['length_p95']:.1f} s),"
+        f" true moments {shape['median_true_length']:.1f} s ({shape['true_length_p5']:.1f}-{shape['true_length_p95']:.1f} s)\n"
+        f"event centres: {shape['centre_from_anchor']:.1f} s from the partial label on average (true centres {shape['true_centre_from_anchor']:.1f} s),"
+        f" {shape['centre_error']:.1f} s from the true centre"
+    )
+
+
+def pseudo_label_warning(metrics: dict[str, dict[str, float]] | None) -> str | None:
+    """A sentence when the pseudo-labels lose to the partial label widened to the mean moment length on mIoU
+    or R@0.5 (`score_pseudo_labels`' table); None when they win or nothing was scored."""
+    if not metrics:
+        return None
+    pseudo = metrics["pseudo-labels"]
+    name, widened = next((n, m) for n, m in metrics.items() if n.startswith("partial widened"))
+    lost = [key for key in ("mIoU", "R@0.5") if pseudo[key] < widened[key]]
+    if not lost:
+        return None
+    said = " and ".join(f"{key} {pseudo[key]:.2f} against {widened[key]:.2f}" for key in lost)
+    return (
+        f"WARNING: the pseudo-labels lose to the {name} ({said}): an explicit model trained on them is likely to do"
+        " worse than one trained on the partial labels widened by hand. Look at the event lengths above; see the README's"
+        " section on long videos for the settings that matter."
+    )

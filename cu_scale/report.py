@@ -157,6 +157,7 @@ def write_report(config: RunConfig) -> pathlib.Path:
 
     matplotlib.use("Agg")
     from cu_scale.evaluation import read_predictions
+    from cu_scale.pseudo_labels import describe_shape, pseudo_label_warning
 
     run_dir = pathlib.Path(config.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -169,6 +170,11 @@ def write_report(config: RunConfig) -> pathlib.Path:
     if metrics.get("pseudo_labels"):
         lines += ["", "## Pseudo-labels on the training set", "", "Against the ground truth, beside the two baselines.", ""]
         lines += _markdown_table(metrics["pseudo_labels"])
+        if metrics.get("pseudo_label_shape"):
+            lines += ["", *(f"- {line}" for line in describe_shape(metrics["pseudo_label_shape"]).splitlines())]
+        warning = pseudo_label_warning(metrics["pseudo_labels"])
+        if warning:
+            lines += ["", f"**{warning}**"]
     for title, path in (
         ("Timeline of a few test queries", _timeline(config, predictions, plots)),
         ("IoU of the test predictions", _iou_histogram(predictions, plots)),

@@ -206,3 +206,30 @@ def test_contrasts_across_two_workers_equal_one_worker_on_the_whole_batch(tmp_pa
     (erml + erun).backward()
     averaged = torch.cat([ranks[0]["grad"], ranks[1]["grad"]]) / 2
     assert torch.allclose(averaged, v_all.grad, atol=1e-6)
+
+
+def test_steepness_per_feature_step_scales_with_the_valid_steps():
+    # κ = 2 per step: on a video of 4 valid steps that is κ = 8 per normalised time, on one of 8 steps κ = 16.
+    torch.manual_seed(0)
+    config = dict(video_dim=6, word_dim=5, hidden_dim=8, heads=2, dropout=0.0, initial_steepness=2.0)
+    per_step = ImplicitModel(ImplicitModelConfig(**config, steepness_unit="step")).eval()
+    per_video = ImplicitModel(ImplicitModelConfig(**config, steepness_unit="video")).eval()
+    per_video.load_state_dict(per_step.state_dict())
+    video, valid = torch.randn(2, 8, 6), torch.ones(2, 8, dtype=torch.bool)
+    valid[0, 4:] = False
+    args = (video, valid, torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), torch.tensor([0.4, 0.6]))
+    out, same_weights = per_step(*args), per_video(*args)
+    for row, kappa in ((0, 8.0), (1, 16.0)):
+        expected = plateau_mask(out.centres[row : row + 1], out.start[row : row + 1], out.end[row : row + 1], torch.tensor(kappa), valid[row : row + 1])
+        assert torch.allclose(out.mask[row], expected[0], atol=1e-6)
+    assert torch.allclose(same_weights.start, out.start)  # the unit changes the mask only
+    with pytest.raises(ValueError, match="steepness_unit must be one of"):
+        ImplicitModelConfig(video_dim=1, word_dim=1, steepness_unit="second")
+
+
+def test_initial_width_sets_the_width_head_at_start():
+    torch.manual_seed(0)
+    model = ImplicitModel(ImplicitModelConfig(video_dim=6, word_dim=5, hidden_dim=8, heads=2, dropout=0.0, initial_width=0.05)).eval()
+    torch.nn.init.zeros_(model.detector_head[-1].weight)  # the head's output is its bias alone
+    out = model(torch.randn(3, 7, 6), torch.ones(3, 7, dtype=torch.bool), torch.randn(3, 2, 5), torch.ones(3, 2, dtype=torch.bool), torch.tensor([0.2, 0.5, 0.8]))
+    assert out.width.tolist() == pytest.approx([0.05] * 3, abs=1e-6)
