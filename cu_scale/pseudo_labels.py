@@ -140,18 +140,14 @@ def _scored_shards(directory: str | os.PathLike):
 
 def score_pseudo_labels(directory: str | os.PathLike) -> dict[str, dict[str, float]] | None:
     """Metrics of the pseudo-labels in `directory` and of the two baselines, on the samples with ground truth."""
-
-    def shards():
-        return _scored_shards(directory)
-
     count, total_length = 0, 0.0
-    for c in shards():
+    for c in _scored_shards(directory):
         count, total_length = count + len(c["gt_start"]), total_length + float((c["gt_end"] - c["gt_start"]).sum())
     if not count:
         return None
     mean_length = total_length / count
     tallies = {"pseudo": IoUTally(), "as is": IoUTally(), "widened": IoUTally()}
-    for c in shards():
+    for c in _scored_shards(directory):
         gt = (c["gt_start"], c["gt_end"])
         centre = (c["partial_start"] + c["partial_end"]) / 2
         widened = (np.clip(centre - mean_length / 2, 0, c["duration"]), np.clip(centre + mean_length / 2, 0, c["duration"]))
