@@ -1,7 +1,9 @@
 """The feature simulator: determinism, events visible where they happen, the generic path."""
 
 import numpy as np
+import pytest
 
+from cu_scale.demo import generate_demo_corpus
 from cu_scale.records import Event, Sample, Video
 from cu_scale.simulator import FeatureSimulator, SimulatorSettings, content_words, events_from_moments
 
@@ -65,8 +67,6 @@ def test_generic_path_builds_events_from_the_words_of_each_moment():
 
 
 def test_the_two_demo_worlds_have_the_shapes_they_say():
-    from cu_scale.demo import generate_demo_corpus
-
     for world, durations, max_actions, max_sentences, median_fraction in (("short", (15, 45), 4, 3, (0.15, 0.35)), ("long", (120, 420), 20, 8, (0.02, 0.07))):
         videos, samples = generate_demo_corpus(200, seed=1, world=world)
         assert all(durations[0] <= v.duration <= durations[1] and 2 <= len(v.events) <= max_actions for v in videos.values())
@@ -77,7 +77,5 @@ def test_the_two_demo_worlds_have_the_shapes_they_say():
         assert median_fraction[0] < np.median(fractions) < median_fraction[1], world
         assert all(0 <= s.gt[0] < s.gt[1] <= videos[s.video_id].duration for s in samples)
     assert lengths.min() >= 3 - 1e-6 and lengths.max() <= 40 + 1e-6  # the long world's log-uniform 3-40 s
-    import pytest
-
     with pytest.raises(ValueError, match="world: the demo worlds are"):
         generate_demo_corpus(10, world="huge")
