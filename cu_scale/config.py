@@ -165,6 +165,7 @@ class ImplicitConfig:
     initial_steepness: float = 1.0  # κ at start, in 1/steepness_unit: a mask edge (10 to 90 %) spans about 4.4/κ units
     initial_width: float | None = None  # the event width ℓ at start, a fraction of the video; None: about 0.5
     context_widths: float | None = 1.0  # Eq. 2's background and video within this many event widths of the event; None: the whole video
+    offset_unit: str = "video"  # δ a fraction of the video, or of the event's width ("width": the anchor stays inside; long world 43.74 against 45.71)
     workers: int = 1
     zero_stage: int = 1
     max_failures: int = 2  # restarts of the worker group from the latest checkpoint
@@ -194,6 +195,7 @@ class ImplicitConfig:
         _one_of(self, "representation", ("event", "clip", "video"))
         _one_of(self, "contrast_features", ("unimodal", "fused"))
         _one_of(self, "steepness_unit", ("video", "step"))
+        _one_of(self, "offset_unit", ("video", "width"))
         if self.initial_steepness <= 0:
             raise ConfigError(f"initial_steepness: must be > 0, got {self.initial_steepness}")
         if self.context_widths is not None and self.context_widths <= 0:

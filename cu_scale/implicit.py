@@ -82,7 +82,7 @@ def worker_loop(config: dict):
             video_dim=layout.feature_dim, word_dim=layout.word_dim, hidden_dim=settings.hidden_dim,
             heads=settings.heads, dropout=settings.dropout, contrast_features=settings.contrast_features,
             steepness_unit=settings.steepness_unit, initial_steepness=settings.initial_steepness, initial_width=settings.initial_width,
-            context_widths=settings.context_widths,
+            context_widths=settings.context_widths, offset_unit=settings.offset_unit,
         )
     )
     engine = deepspeed_engine(

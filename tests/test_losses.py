@@ -233,3 +233,22 @@ def test_initial_width_sets_the_width_head_at_start():
     torch.nn.init.zeros_(model.detector_head[-1].weight)  # the head's output is its bias alone
     out = model(torch.randn(3, 7, 6), torch.ones(3, 7, dtype=torch.bool), torch.randn(3, 2, 5), torch.ones(3, 2, dtype=torch.bool), torch.tensor([0.2, 0.5, 0.8]))
     assert out.width.tolist() == pytest.approx([0.05] * 3, abs=1e-6)
+
+
+def test_offset_per_width_keeps_the_anchor_inside_the_event():
+    # offset_unit "width": δ = ½·ℓ·tanh(·). With the offset output saturated at +1, δ = ℓ/2 and the event
+    # starts at the anchor; with "video" the same output moves the centre by half the video.
+    torch.manual_seed(0)
+    config = dict(video_dim=6, word_dim=5, hidden_dim=8, heads=2, dropout=0.0, initial_width=0.1)
+    args = (torch.randn(2, 8, 6), torch.ones(2, 8, dtype=torch.bool), torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), torch.tensor([0.3, 0.5]))
+    outs = {}
+    for unit in ("width", "video"):
+        model = ImplicitModel(ImplicitModelConfig(**config, offset_unit=unit)).eval()
+        torch.nn.init.zeros_(model.detector_head[-1].weight)
+        with torch.no_grad():
+            model.detector_head[-1].bias[0] = 20.0  # tanh → 1
+        outs[unit] = model(*args)
+    assert outs["width"].start.tolist() == pytest.approx([0.3, 0.5], abs=1e-5)
+    assert outs["width"].end.tolist() == pytest.approx([0.4, 0.6], abs=1e-5)
+    assert outs["video"].offset.tolist() == pytest.approx([0.5, 0.5], abs=1e-5)
+
