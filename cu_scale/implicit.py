@@ -83,6 +83,7 @@ def worker_loop(config: dict):
             heads=settings.heads, dropout=settings.dropout, contrast_features=settings.contrast_features,
             steepness_unit=settings.steepness_unit, initial_steepness=settings.initial_steepness, initial_width=settings.initial_width,
             context_widths=settings.context_widths, offset_unit=settings.offset_unit,
+            detector_similarity=settings.detector_similarity,
         )
     )
     engine = deepspeed_engine(

@@ -252,3 +252,22 @@ def test_offset_per_width_keeps_the_anchor_inside_the_event():
     assert outs["width"].end.tolist() == pytest.approx([0.4, 0.6], abs=1e-5)
     assert outs["video"].offset.tolist() == pytest.approx([0.5, 0.5], abs=1e-5)
 
+
+
+def test_detector_similarity_is_the_centred_cosine_and_carries_no_gradient():
+    # With detector_similarity the detector's last input column is cos(V_t, q) of the contrasts' space minus
+    # its mean over the valid steps (0 on padding), and it is detached: the losses train that space, Φ reads it.
+    torch.manual_seed(0)
+    model = ImplicitModel(ImplicitModelConfig(video_dim=6, word_dim=5, hidden_dim=8, heads=2, dropout=0.0, detector_similarity=True)).eval()
+    assert model.detector_score[0].in_features == 8 + 32 + 1
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    valid[0, 3:] = False
+    seen = {}
+    model.detector_score.register_forward_hook(lambda module, inputs, output: seen.update(joined=inputs[0]))
+    out = model(torch.randn(1, 5, 6), valid, torch.randn(1, 2, 5), torch.ones(1, 2, dtype=torch.bool), torch.tensor([0.5]))
+    cos = torch.nn.functional.cosine_similarity(out.video[0, :3], out.q[0][None, :], dim=-1)
+    column = seen["joined"][0, :, -1]
+    assert torch.allclose(column[:3], cos - cos.mean(), atol=1e-6)
+    assert column[3:].tolist() == [0.0, 0.0]
+    grads = torch.autograd.grad(out.width.sum(), model.video_encoder.parameters(), allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)  # ℓ does not reach the contrast encoder
