@@ -166,7 +166,7 @@ class ImplicitConfig:
     initial_width: float | None = None  # the event width ℓ at start, a fraction of the video; None: about 0.5
     context_widths: float | None = 1.0  # Eq. 2's background and video within this many event widths of the event; None: the whole video
     offset_unit: str = "video"  # δ a fraction of the video, or of the event's width ("width": the anchor stays inside; long world 43.74 against 45.71)
-    detector_similarity: bool = False  # Φ also reads each step's similarity to the query (cu_scale.implicit_model; long world 48.01 against 45.71)
+    detector_similarity: bool = False  # Φ also reads each step's similarity to the query (cu_scale.implicit_model; long world 48.18 against 45.71)
     workers: int = 1
     zero_stage: int = 1
     max_failures: int = 2  # restarts of the worker group from the latest checkpoint

@@ -60,7 +60,7 @@ events are one window of about the right size around the anchor, which is why th
 label. The losses do point at the moments: on 16 training batches of that model every term is lower with
 the mask on the true moment than on the predicted event (L_raml 0.047 against 0.084, L_raun 0.289 against
 0.360, L_erml 0.550 against 0.746, L_erun 0.837 against 1.099). Two detectors tried on the same batches
-(a plain PyTorch loop of this model and these losses), neither kept:
+(a plain PyTorch loop of this model and these losses), neither better:
 - `offset_unit: width`, δ = ½·ℓ·tanh(·) so the anchor stays inside the event and δ has the event's scale:
   mIoU 43.74; centres move 1.9 s from the anchor but land 5.0 s from the true ones (3.6 s unmoved).
 - Boundaries as soft choices of steps (a softmax over the steps before the anchor for ŝ, after it for ê,
