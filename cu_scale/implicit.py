@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 
 import numpy as np
 
@@ -193,10 +194,19 @@ def train_implicit(
 
 
 def load_implicit_model(checkpoint_dir: str | os.PathLike):
-    """The trained `ImplicitModel` from a DeepSpeed checkpoint directory written by `worker_loop`."""
-    from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig
-    from cu_scale.training import read_checkpoint
+    """The trained `ImplicitModel` from a DeepSpeed checkpoint directory written by `worker_loop`.
 
+    A checkpoint whose model settings this version does not know (written by another version of
+    cu_scale) is refused with the settings and the file named, before any weights are read."""
+    from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig
+    from cu_scale.training import CHECKPOINT_META, checkpoint_meta, read_checkpoint
+
+    unknown = sorted(set(checkpoint_meta(checkpoint_dir)["model"]) - {f.name for f in dataclasses.fields(ImplicitModelConfig)})
+    if unknown:
+        raise ValueError(
+            f"{pathlib.Path(checkpoint_dir) / CHECKPOINT_META}: model settings {', '.join(unknown)} are unknown to this version of "
+            "cu_scale (the checkpoint was written by another one); train the implicit stage again or use the version that wrote it"
+        )
     meta, states = read_checkpoint(checkpoint_dir)
     model = ImplicitModel(ImplicitModelConfig(**meta["model"]))
     model.load_state_dict(states)

@@ -4,16 +4,18 @@ training, checkpoints and resume, a killed worker restarted from its checkpoint,
 import json
 import os
 import pathlib
+import shutil
 import signal
 import threading
 import time
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from cu_scale.cli import main
 from cu_scale.config import load_config
-from cu_scale.implicit import train_implicit
+from cu_scale.implicit import load_implicit_model, train_implicit
 from cu_scale.training import CHECKPOINT_META, latest_checkpoint
 from cu_scale.store import FeatureStore
 
@@ -61,6 +63,16 @@ def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
     assert all(0 <= s <= e <= d + 1e-4 for s, e, d in zip(table["pseudo_start"], table["pseudo_end"], table["duration"]))
     assert "pseudo-labels" in out and "partial label as is" in out and "partial widened to mean length" in out
     assert time.perf_counter() - started < 240
+
+    # A checkpoint from another version, with a model setting this one does not know, is refused by name.
+    foreign = root / "foreign-checkpoint"
+    shutil.copytree(latest_checkpoint(root / "run" / "implicit"), foreign)
+    meta = json.loads((foreign / CHECKPOINT_META).read_text())
+    meta["model"]["detector"] = "boundary"
+    (foreign / CHECKPOINT_META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"cu_scale_epoch\.json: model settings detector are unknown"):
+        load_implicit_model(foreign)
+    assert isinstance(load_implicit_model(latest_checkpoint(root / "run" / "implicit")), torch.nn.Module)
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny_run, tmp_path):
