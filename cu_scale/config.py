@@ -167,6 +167,7 @@ class ImplicitConfig:
     context_widths: float | None = 1.0  # Eq. 2's background and video within this many event widths of the event; None: the whole video
     offset_unit: str = "video"  # δ a fraction of the video, or of the event's width ("width": the anchor stays inside; long world 43.74 against 45.71)
     detector_similarity: bool = False  # Φ also reads each step's similarity to the query (cu_scale.implicit_model; long world 48.18 against 45.71)
+    raun_warmup_epochs: int = 0  # L_raun joins after this many epochs (cu_scale.implicit_model: what ballooned events on ActivityNet)
     workers: int = 1
     zero_stage: int = 1
     max_failures: int = 2  # restarts of the worker group from the latest checkpoint
@@ -191,6 +192,9 @@ class ImplicitConfig:
     def __post_init__(self):
         _at_least(self, "epochs", 1)
         _at_least(self, "workers", 1)
+        _at_least(self, "raun_warmup_epochs", 0)
+        if self.raun_warmup_epochs >= self.epochs:
+            raise ConfigError(f"raun_warmup_epochs: must be below epochs ({self.epochs}) or L_raun never joins, got {self.raun_warmup_epochs}")
         _at_least(self, "hidden_dim", 8)
         _one_of(self, "zero_stage", (0, 1, 2))
         _one_of(self, "representation", ("event", "clip", "video"))

@@ -93,6 +93,7 @@ def worker_loop(config: dict):
     )
     # The run config carries the loss settings under the same names as LossConfig's fields.
     losses = LossConfig(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(LossConfig)})
+    warmup_losses = dataclasses.replace(losses, use_raun=False)  # the first `raun_warmup_epochs` epochs
 
     first_epoch, history = resume(engine)
     clock.mark("engine")
@@ -116,7 +117,7 @@ def worker_loop(config: dict):
         sums: dict[str, float] = {}
         steps = 0
         for batch in batches:
-            total, terms = implicit_batch_loss(engine, batch, losses, rank, world_size)
+            total, terms = implicit_batch_loss(engine, batch, losses if epoch >= settings.raun_warmup_epochs else warmup_losses, rank, world_size)
             engine.backward(total)
             engine.step()
             clock.step()

@@ -36,6 +36,7 @@ def test_defaults_and_overrides(tmp_path):
         ("store: s\ntraining: {}\n", "training: unknown section"),
         ("store: s\nimplicit: {contrast_features: both}\n", "implicit.contrast_features: must be one of"),
         ("store: s\nimplicit: {lr_schedule: step}\n", "implicit.lr_schedule: must be one of"),
+        ("store: s\nimplicit: {epochs: 2, raun_warmup_epochs: 2}\n", "implicit.raun_warmup_epochs: must be below epochs (2)"),
         ("store: s\nbatches: {clusters_per_batch: 8}\nimplicit: {workers: 3}\n", "batches.clusters_per_batch: N=8 clusters of the global batch cannot be split evenly over 3 workers"),
         ("store: s\ncluster: [1, 2]\n", "cluster: expected a mapping"),
         ("store: s\ncluster: {k: 4\n", ":3: not valid YAML"),

@@ -40,15 +40,18 @@ def _epoch_of(checkpoint: pathlib.Path) -> int:
 def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
     root, config_path = tiny_run
     started = time.perf_counter()
-    assert main(["implicit", str(config_path)]) == 0
+    warmup = ["--set", "implicit.raun_warmup_epochs=1"]  # L_raun joins in the second epoch
+    assert main(["implicit", str(config_path), *warmup]) == 0
     out = capsys.readouterr().out
     assert "implicit     2 epoch(s) on 1 worker(s)" in out
     for term in ("raml", "raun", "erml", "erun", "cont", "grnd", "total"):
         assert f" {term} " in out
     assert _epoch_of(latest_checkpoint(root / "run" / "implicit")) == 1
+    history = json.loads((latest_checkpoint(root / "run" / "implicit") / CHECKPOINT_META).read_text())["history"]
+    assert history[0]["loss_raun"] == 0 and history[1]["loss_raun"] > 0 and history[0]["loss_raml"] > 0
 
     # Restarted with more epochs, the same run resumes from its latest checkpoint: only epoch 2 is trained.
-    assert main(["implicit", str(config_path), "--set", "implicit.epochs=3"]) == 0
+    assert main(["implicit", str(config_path), "--set", "implicit.epochs=3", *warmup]) == 0
     assert "implicit     3 epoch(s)" in capsys.readouterr().out
     assert json.loads((latest_checkpoint(root / "run" / "implicit") / CHECKPOINT_META).read_text())["epoch"] == 2
     assert _epoch_of(latest_checkpoint(root / "run" / "implicit")) == 2
