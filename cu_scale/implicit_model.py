@@ -78,7 +78,7 @@ at 0.51 (0.10 before), centres land 3.2 s from the truth (3.6 s unmoved), median
 
 ActivityNet Captions (simulated, videos of about 2 minutes, moments of median 21 s): there the events
 balloon to most of the video (median 101.8 s against 21.1 s after the 8 epochs of the first full run,
-93 % of the video), and none of the settings above holds them. What does it is the order of the losses.
+93 % of the video), and none of the settings above holds them. The cause is when L_raun starts to act.
 In the first hundred steps, with a representation that has learned nothing (every term still at its
 starting value), L_raun widens every event to the whole video (our reading: while every step's features
 are alike, S(v_ev, v_vd) is largest when the event is the video). The trained model then fits the wide events (its
