@@ -16,7 +16,7 @@ import torch
 from cu_scale.cli import main
 from cu_scale.config import load_config
 from cu_scale.implicit import load_implicit_model, train_implicit
-from cu_scale.training import CHECKPOINT_META, latest_checkpoint
+from cu_scale.training import CHECKPOINT_META, checkpoint_meta, latest_checkpoint
 from cu_scale.store import FeatureStore
 
 
@@ -47,7 +47,7 @@ def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
     for term in ("raml", "raun", "erml", "erun", "cont", "grnd", "total"):
         assert f" {term} " in out
     assert _epoch_of(latest_checkpoint(root / "run" / "implicit")) == 1
-    history = json.loads((latest_checkpoint(root / "run" / "implicit") / CHECKPOINT_META).read_text())["history"]
+    history = checkpoint_meta(latest_checkpoint(root / "run" / "implicit"))["history"]
     assert history[0]["loss_raun"] == 0 and history[1]["loss_raun"] > 0 and history[0]["loss_raml"] > 0
 
     # Restarted with more epochs, the same run resumes from its latest checkpoint: only epoch 2 is trained.
