@@ -214,7 +214,7 @@ def measure(size: int, args) -> dict:
     trainable = int(counts.sum())
     return {
         "size": size, "trainable": trainable, "shards": len(store.shards), "window_shards": size_g, "windows": len(plan.windows), "epoch_steps": plan.steps,
-        "worker_peak_rss": stage["worker_peak_rss_bytes"], "worker_peak_private": stage["worker_peak_private_bytes"], "driver_peak_rss": driver_peak, "first_step": stage["first_step_seconds"],
+        "stage_steps": stage["steps"], "worker_peak_rss": stage["worker_peak_rss_bytes"], "worker_peak_private": stage["worker_peak_private_bytes"], "driver_peak_rss": driver_peak, "first_step": stage["first_step_seconds"],
         "steps_per_second": float(np.mean(stage_rates)), "plain_steps_per_second": float(np.mean(plain_rates)),
         "round_ratios": [a / b for a, b in zip(stage_rates, plain_rates)], "stage_rates": stage_rates, "plain_rates": plain_rates,
         "rows_checked": args.prebuilt, "rows_ok": bool(rows_ok), "epoch_batches_ok": distinct_ok, "repeats": planned / trainable - 1,
@@ -258,12 +258,13 @@ def main():
         results.append(json.loads(line[len("RESULT "):]))
         print(f"measured {size:,}: steps/s of the stage {results[-1]['stage_rates']}, of the plain loop {results[-1]['plain_rates']}")
     mb = 2**20
-    print(f"\nimplicit stage, 1 worker, B={args.batch} (N={args.clusters} × {args.batch // args.clusters}), K={args.k}, Dv={args.dv}, T={args.steps}, hidden {args.hidden}, {args.train_steps} steps")
-    print(f"{'samples':>10} {'shards':>6} {'G':>3} {'worker RSS':>11} {'(private)':>10} {'driver RSS':>11} {'first step':>11} {'steps/s':>8} {'plain':>7} {'ratio':>6} {'(rounds)':>12}   batches (rows, epoch plan)  repeats")
+    print(f"\nimplicit stage, 1 worker, B={args.batch} (N={args.clusters} × {args.batch // args.clusters}), K={args.k}, Dv={args.dv}, T={args.steps}, hidden {args.hidden}, up to {args.train_steps} steps"
+          " (the stage stops at the end of its first epoch)")
+    print(f"{'samples':>10} {'shards':>6} {'G':>3} {'steps':>5} {'worker RSS':>11} {'(private)':>10} {'driver RSS':>11} {'first step':>11} {'steps/s':>8} {'plain':>7} {'ratio':>6} {'(rounds)':>12}   batches (rows, epoch plan)  repeats")
     base = results[0]
     for r in results:
         print(
-            f"{r['trainable']:>10,} {r['shards']:>6} {r['window_shards']:>3} {r['worker_peak_rss'] / mb:>8.0f} MB {r['worker_peak_private'] / mb:>7.0f} MB {r['driver_peak_rss'] / mb:>8.0f} MB {r['first_step']:>9.1f} s"
+            f"{r['trainable']:>10,} {r['shards']:>6} {r['window_shards']:>3} {r['stage_steps']:>5} {r['worker_peak_rss'] / mb:>8.0f} MB {r['worker_peak_private'] / mb:>7.0f} MB {r['driver_peak_rss'] / mb:>8.0f} MB {r['first_step']:>9.1f} s"
             f" {r['steps_per_second']:>8.2f} {r['plain_steps_per_second']:>7.2f} {r['steps_per_second'] / r['plain_steps_per_second']:>5.2f}× {'/'.join(f'{x:.2f}' for x in r['round_ratios']):>12}"
             f"   {'ok' if r['rows_ok'] else 'BAD'} ({r['rows_checked']}), {'ok' if r['epoch_batches_ok'] else 'BAD'} ({r['epoch_steps']:,} batches)  {100 * r['repeats']:5.2f} %"
         )

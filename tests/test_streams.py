@@ -15,6 +15,9 @@ from cu_scale.encode import WORDS_DIR, check_encoder, read_words
 from cu_scale.store import FeatureStore
 from cu_scale.streams import (
     KEY_BITS,
+    STREAM_BASE_BLOCKS,
+    STREAM_BLOCK_BYTES,
+    STREAM_BLOCKS_PER_WORKER,
     StoreLayout,
     explicit_plan,
     explicit_stream,
@@ -140,7 +143,12 @@ def test_the_explicit_stream_covers_every_labelled_sample_in_batches_of_b_over_w
     labelled = labelled_counts(store, "gt")
     assert labelled.sum() == store.manifest["counts"]["splits"]["train"]["samples"]
     plan = explicit_plan(labelled, 8, 2, window_shards(labelled, config.batches, config.cluster.k), seed=0, epoch=0)
-    rows = _rows(explicit_stream(layout, "gt", None, 8, 0, plan))
+    dataset = explicit_stream(layout, "gt", None, 8, 0, plan)
+    # A stream's object-store budget is a few blocks per task and per worker, whatever the corpus: the
+    # pages a worker reads its batches from count in its resident memory.
+    budget = STREAM_BLOCK_BYTES * (STREAM_BASE_BLOCKS + 2 * STREAM_BLOCKS_PER_WORKER)
+    assert dataset.context.execution_options.resource_limits.object_store_memory == budget
+    rows = _rows(dataset)
     assert len(rows) == sum(plan.batches) and len(rows) % 2 == 0
     assert all(row["target_start"].shape == (8,) and (row["target_start"] <= row["target_end"]).all() for row in rows)
     assert len({k for row in rows for k in row["sample_key"].tolist()}) == labelled.sum()
