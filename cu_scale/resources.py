@@ -7,8 +7,13 @@ If the consumers reserve every CPU, the readers never start and the stage waits 
 minutes; which of them Ray scheduled first decided whether it hung). So consumers are sized from what
 the cluster has, after the readers' share:
 - a consumer reserves at most one CPU, and together they leave `READ_TASK_CPUS` for the readers;
-- torch inside a consumer still uses its share of *all* CPUs as threads (`threads`): readers are light
-  next to a forward pass, and Ray's reservation would otherwise leave cores idle.
+- torch inside an actor still uses its share of *all* CPUs as threads (`threads`): readers are light
+  next to a forward pass, and Ray's reservation would otherwise leave cores idle;
+- a training worker's torch leaves the CPUs of the stream's window tasks out of its threads (at least
+  one thread). Its OpenMP threads wait for each other at every parallel op, so a reader that takes any
+  of their cores stalls them all: on 2 CPUs and the training-scale benchmark's 100k store, one worker
+  with two threads trained at 4.81-5.12 steps/s, with one thread at 4.96-5.26, and its plain loop over
+  prebuilt batches ran at 5.36 with one thread against 5.38-6.02 with two (one run each, same day).
 Reservations are bookkeeping, not results: the number of actors or threads never changes what a stage
 computes, so the stage markers do not record them (`cu_scale.pipeline`).
 """
@@ -65,6 +70,10 @@ def actor_pool(requested: int, gpu: str = "auto", readers: float = 0.0) -> Actor
 
 def training_group(workers: int) -> tuple[float, int, bool]:
     """(CPUs per Ray Train worker, torch threads per worker, use GPUs) for a group of `workers` beside the
-    stream's read tasks: the same rules as `actor_pool`, with a GPU per worker when there is one for each."""
+    stream's read tasks: the reservations of `actor_pool`, threads from the CPUs the window tasks do not
+    use (see above), a GPU per worker when there is one for each."""
+    from cu_scale.streams import WINDOW_TASKS
+
     cpus, gpus = cluster_totals()
-    return consumer_cpus(cpus, workers, READ_TASK_CPUS), max(1, int(cpus // workers)), gpus >= workers
+    threads = max(1, int((cpus - WINDOW_TASKS * READ_TASK_CPUS) // workers))
+    return consumer_cpus(cpus, workers, READ_TASK_CPUS), threads, gpus >= workers

@@ -168,3 +168,14 @@ def test_inference_batches_are_one_row_per_sample_of_the_split(store):
     assert 0 < len(picked) < store.manifest["counts"]["splits"]["train"]["samples"]
     assert all(not np.isnan(r["gt_start"]) for r in picked)
     assert dataclasses.replace(layout).shards == layout.shards
+
+
+def test_a_training_worker_leaves_the_window_tasks_cpus_out_of_its_torch_threads(local_ray):
+    from cu_scale.resources import READ_TASK_CPUS, training_group
+    from cu_scale.streams import WINDOW_TASKS
+
+    cpus = local_ray.cluster_resources()["CPU"]
+    assert cpus == 2 and WINDOW_TASKS * READ_TASK_CPUS == 1.0
+    (one_cpus, one_threads, _), (two_cpus, two_threads, _) = training_group(1), training_group(2)
+    assert (one_cpus, one_threads) == (1.0, 1)  # not 2: a reader would stall both OpenMP threads
+    assert (two_cpus, two_threads) == (0.75, 1)  # the readers' CPU stays free of reservations too
