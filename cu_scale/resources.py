@@ -12,8 +12,9 @@ the cluster has, after the readers' share:
 - a training worker's torch leaves the CPUs of the stream's window tasks out of its threads (at least
   one thread). Its OpenMP threads wait for each other at every parallel op, so a reader that takes any
   of their cores stalls them all: on 2 CPUs and the training-scale benchmark's 100k store, one worker
-  with two threads trained at 4.81-5.12 steps/s, with one thread at 4.96-5.26, and its plain loop over
-  prebuilt batches ran at 5.36 with one thread against 5.38-6.02 with two (one run each, same day).
+  with two threads trained at 4.81-5.12 steps/s (rounds of three runs), with one thread at 4.96-5.26
+  (one run), and its plain loop over prebuilt batches ran at 5.36 with one thread against 5.38-6.02
+  with two: the stream at 0.95× that loop instead of 0.84-0.89× (0.92× and 0.93× at 10k and 1M).
 Reservations are bookkeeping, not results: the number of actors or threads never changes what a stage
 computes, so the stage markers do not record them (`cu_scale.pipeline`).
 """
