@@ -187,6 +187,7 @@ class ImplicitConfig:
     use_erun: bool = True
     representation: str = "event"
     gather_across_workers: bool = True
+    raun_similarity: str = "pooled"  # S of Eq. 5 over pooled features or between steps (cu_scale.losses.raun_steps_loss)
     seed: int = 0
 
     def __post_init__(self):
@@ -201,6 +202,7 @@ class ImplicitConfig:
         _one_of(self, "contrast_features", ("unimodal", "fused"))
         _one_of(self, "steepness_unit", ("video", "step"))
         _one_of(self, "offset_unit", ("video", "width"))
+        _one_of(self, "raun_similarity", ("pooled", "steps"))
         if self.initial_steepness <= 0:
             raise ConfigError(f"initial_steepness: must be > 0, got {self.initial_steepness}")
         if self.context_widths is not None and self.context_widths <= 0:

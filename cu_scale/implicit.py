@@ -129,7 +129,7 @@ def worker_loop(config: dict):
                 break
         if max_steps is None and steps != plan.steps:
             raise RuntimeError(f"epoch {epoch}: worker {rank} received {steps} batches, {plan.steps} were planned")
-        metrics = {f"loss_{name}": value / max(steps, 1) for name, value in sums.items()}
+        metrics = {(name if name == "event_width" else f"loss_{name}"): value / max(steps, 1) for name, value in sums.items()}
         metrics.update(
             epoch=epoch, steps=steps, learning_rate=float(engine.get_lr()[0]), steepness=float(model.steepness.detach()),
             resumed_from_epoch=first_epoch,  # > 0 when this worker group started from a checkpoint

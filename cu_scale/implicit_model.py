@@ -213,6 +213,7 @@ class ImplicitOutput:
     offset: torch.Tensor  # δ (B,)
     width: torch.Tensor  # ℓ (B,)
     mask: torch.Tensor  # m (B, T)
+    context: torch.Tensor  # the weights of Eq. 2's video (B, T): the context (≥ m) or the valid steps
     v_ev: torch.Tensor  # (B, D)
     v_bg: torch.Tensor
     v_vd: torch.Tensor
@@ -288,4 +289,5 @@ class ImplicitModel(nn.Module):
             reach = self.config.context_widths * (end - start)
             context = torch.maximum(plateau_mask(centres, start - reach, end + reach, steepness, video_valid), mask)
         v_ev, v_bg, v_vd = pool_event(contrast_video, mask, video_valid, context)  # Eq. 2
-        return ImplicitOutput(start, end, offset, width, mask, v_ev, v_bg, v_vd, q, contrast_video, centres, video_valid)
+        context = video_valid.float() if context is None else context
+        return ImplicitOutput(start, end, offset, width, mask, context, v_ev, v_bg, v_vd, q, contrast_video, centres, video_valid)

@@ -35,6 +35,7 @@ import torch
 from torch.nn import functional as F
 
 REPRESENTATIONS = ("event", "clip", "video")
+RAUN_SIMILARITIES = ("pooled", "steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +51,11 @@ class LossConfig:
     use_erun: bool = True
     representation: str = "event"
     gather_across_workers: bool = False
+    raun_similarity: str = "pooled"  # S of Eq. 5: cosine of the pooled features ("pooled") or mean cosine between their steps ("steps")
 
     def __post_init__(self):
+        if self.raun_similarity not in RAUN_SIMILARITIES:
+            raise ValueError(f"raun_similarity must be one of {RAUN_SIMILARITIES}, got {self.raun_similarity!r}")
         if self.representation not in REPRESENTATIONS:
             raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
         if self.tau <= 0:
@@ -66,6 +70,32 @@ def raml_loss(v_ev: torch.Tensor, v_vd: torch.Tensor, q: torch.Tensor, alpha: fl
 def raun_loss(v_ev: torch.Tensor, v_bg: torch.Tensor, v_vd: torch.Tensor, beta: float) -> torch.Tensor:
     """Eq. 5, averaged over the batch."""
     return F.relu(F.cosine_similarity(v_ev, v_bg, dim=-1) - F.cosine_similarity(v_ev, v_vd, dim=-1) + beta).mean()
+
+
+def step_pair_similarity(units: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over the pairs of distinct steps (s ≠ t) between two weightings of one video's steps:
+    Σ_{s≠t} a_s b_t u_s·u_t / Σ_{s≠t} a_s b_t = (A·B − Σ_t a_t b_t) / (Σa Σb − Σ_t a_t b_t), with A = Σ a_t u_t,
+    B = Σ b_t u_t, for unit step features `units` (B, T, D) and weights a, b (B, T). (B,)"""
+    sum_a, sum_b = (a[..., None] * units).sum(1), (b[..., None] * units).sum(1)
+    self_pairs = (a * b).sum(1)
+    return ((sum_a * sum_b).sum(-1) - self_pairs) / (a.sum(1) * b.sum(1) - self_pairs).clamp(min=1e-6)
+
+
+def raun_steps_loss(features: torch.Tensor, mask: torch.Tensor, context: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 5 with S between sets of steps (`raun_similarity: steps`), averaged over the batch:
+    max(S(ev, bg) − S(ev, vd) + β, 0), S the mean cosine between an event step and a background step
+    (weights m and c − m) or a video step (weights c), never a step with itself. `features` (B, T, D) are
+    the steps Eq. 2 pools, `mask` m and `context` c (B, T) its weights (c is the valid steps without a context).
+
+    *Choice* (the paper pools first, then takes one cosine): the cosine of pooled features rewards an event
+    that is most of its video, because S(v_ev, v_vd) → 1 as v_ev → v_vd whatever the steps hold, and the
+    clamped event's background shrinks to a sliver of edge steps. On synthetic videos of 128 steps
+    (tests/test_losses.py), the pooled L_raun is lower for an event of the whole video than at the true
+    moment; between steps, a whole-video event costs about β (its event and video steps are the same
+    population) and the true moment costs less. With ρ = 1 the hinge
+    stays active (closing it takes S(ev, ev) − S(ev, bg) > about 3β), so β only shifts the loss."""
+    units = F.normalize(features, dim=-1)
+    return F.relu(step_pair_similarity(units, mask, context - mask) - step_pair_similarity(units, mask, context) + beta).mean()
 
 
 def same_cluster(anchors: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -143,13 +173,20 @@ def implicit_loss(
     partial_end: torch.Tensor,
     rank: int = 0,
     world_size: int = 1,
+    steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 3 + γ·Eq. 8 with the switches of Table II; returns the total and every term as a plain float."""
+    """Eq. 3 + γ·Eq. 8 with the switches of Table II; returns the total and every term as a plain float.
+    `steps` (features, mask, context of Eq. 2) is needed for `raun_similarity: steps`."""
     zero = v_ev.sum() * 0.0
-    terms = {
-        "raml": raml_loss(v_ev, v_vd, q, config.alpha) if config.use_raml else zero,
-        "raun": raun_loss(v_ev, v_bg, v_vd, config.beta) if config.use_raun else zero,
-    }
+    if not config.use_raun:
+        raun = zero
+    elif config.raun_similarity == "steps":
+        if steps is None:
+            raise ValueError("raun_similarity 'steps' needs the steps Eq. 2 pools and their weights (steps=)")
+        raun = raun_steps_loss(*steps, config.beta)
+    else:
+        raun = raun_loss(v_ev, v_bg, v_vd, config.beta)
+    terms = {"raml": raml_loss(v_ev, v_vd, q, config.alpha) if config.use_raml else zero, "raun": raun}
     if config.use_erml or config.use_erun:
         visual = {"event": v_ev, "clip": v_clip, "video": v_vd}[config.representation]
         if visual is None:
@@ -170,13 +207,16 @@ def implicit_batch_loss(model, batch: dict[str, torch.Tensor], config: LossConfi
     features, mask, words, words_valid, anchor, partial_start, partial_end in normalised time, clusters).
 
     `model` is the `ImplicitModel` or the engine that wraps it; this is the whole method step short of
-    the backward pass, and runs without Ray or DeepSpeed."""
+    the backward pass, and runs without Ray or DeepSpeed. Beside the terms, `event_width` is the batch's
+    mean event length ê − ŝ (a fraction of the video): what balloons when L_raun goes wrong."""
     from cu_scale.implicit_model import pool_clip
 
     out = model(batch["features"].float(), batch["mask"], batch["words"].float(), batch["words_valid"], batch["anchor"].float())
     start, end = batch["partial_start"].float(), batch["partial_end"].float()
     v_clip = pool_clip(out.video, out.centres, out.valid, start, end).float() if config.representation == "clip" else None
-    return implicit_loss(
+    total, terms = implicit_loss(
         config, out.v_ev.float(), out.v_bg.float(), out.v_vd.float(), out.q.float(), v_clip, batch["clusters"],
         out.start.float(), out.end.float(), start, end, rank, world_size,
+        steps=(out.video.float(), out.mask.float(), out.context.float()),
     )
+    return total, {**terms, "event_width": float((out.end - out.start).detach().float().mean())}

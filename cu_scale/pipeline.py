@@ -218,6 +218,7 @@ class Pipeline:
 
     def _implicit(self) -> dict:
         from cu_scale.implicit import train_implicit
+        from cu_scale.training import checkpoint_meta
 
         c = self.config
         if not self.needs_pseudo_labels:
@@ -233,6 +234,8 @@ class Pipeline:
         metrics = result.metrics
         terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss_"))
         self.say(f"implicit     {metrics['epoch'] + 1} epoch(s) on {c.implicit.workers} worker(s) in {time.perf_counter() - started:.1f} s; last epoch: {terms}")
+        widths = [m["event_width"] for m in checkpoint_meta(result.checkpoint.path)["history"] if "event_width" in m]
+        self.say(f"  mean event length by epoch, a fraction of the video: {'  '.join(f'{w:.3f}' for w in widths)}")
         self.say(f"  checkpoint → {result.checkpoint.path}")
         return {"metrics": metrics, "checkpoint": result.checkpoint.path}
 

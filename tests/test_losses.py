@@ -13,7 +13,9 @@ from cu_scale.losses import (
     inter_sample_losses,
     raml_loss,
     raun_loss,
+    raun_steps_loss,
     same_cluster,
+    step_pair_similarity,
 )
 
 sigmoid = lambda x: 1 / (1 + math.exp(-x))
@@ -54,6 +56,54 @@ def test_raun_eq5():
     v_ev, v_bg, v_vd = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]])
     # S(ev,bg) = 1/√2, S(ev,vd) = 0 → 1/√2 + 0.1
     assert raun_loss(v_ev, v_bg, v_vd, beta=0.1).item() == pytest.approx(1 / math.sqrt(2) + 0.1, abs=1e-6)
+
+
+def test_step_pair_similarity_leaves_out_a_step_with_itself():
+    # Unit steps u1 = [1,0], u2 = [0,1], u3 = [1,0] (features of any length: they are normalised).
+    units = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]] * 2), dim=-1)
+    mask, context = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.5, 0.0]]), torch.ones(2, 3)
+    # Hard mask {1, 2}, ring {3}: pairs (1,3) cos 1 and (2,3) cos 0 → 1/2. Event × video, s ≠ t: (1,2) 0,
+    # (1,3) 1, (2,1) 0, (2,3) 0 → 1/4. Soft mask m = (1, ½, 0), ring c − m = (0, ½, 1): pairs (1,2) w ½ cos 0,
+    # (1,3) w 1 cos 1, (2,3) w ½ cos 0 → 1/2; event × video: (1,2) w 1, (1,3) w 1 cos 1, (2,1) w ½, (2,3) w ½ → 1/3.
+    assert step_pair_similarity(units, mask, context - mask).tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    assert step_pair_similarity(units, mask, context).tolist() == pytest.approx([0.25, 1 / 3], abs=1e-6)
+    features = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]] * 2)
+    # Eq. 5 between steps, β = 0.1: (½ − ¼ + 0.1 + ½ − ⅓ + 0.1) / 2
+    assert raun_steps_loss(features, mask, context, beta=0.1).item() == pytest.approx((0.35 + 0.5 - 1 / 3 + 0.1) / 2, abs=1e-6)
+
+
+def _synthetic_video(width: float, seed: int, steps: int = 128, dim: int = 64):
+    """Step features with a shared direction, noise smoothed over 7 steps, and a moment of `width` (a fraction
+    of the video, centred) that adds its own direction: the shape of a short moment in a long video."""
+    generator = torch.Generator().manual_seed(seed)
+    common, moment = (torch.nn.functional.normalize(torch.randn(dim, generator=generator), dim=0) for _ in range(2))
+    noise = torch.randn(steps + 6, dim, generator=generator).unfold(0, 7, 1).mean(-1) * 2.6 * 3 / math.sqrt(dim)
+    centres = step_centres(torch.tensor([steps]), steps)
+    inside = ((centres - 0.5).abs() <= width / 2).float()[0]
+    return (common + noise + inside[:, None] * moment)[None], centres
+
+
+@pytest.mark.parametrize("width", [0.04, 0.1])
+def test_between_steps_the_true_moment_costs_less_than_the_whole_video(width):
+    """Why `raun_similarity: steps` exists: with the cosine of pooled features, an event of the whole video
+    (the clamped event and a context of ρ = 1 that runs past both ends) scores lower L_raun than the true
+    moment; between steps it scores higher, on every seed."""
+    valid = torch.ones(1, 128, dtype=torch.bool)
+    steepness = torch.tensor(128.0)  # κ = 1 per feature step
+
+    def losses(features, centres, start, end):
+        start, end = torch.tensor([max(start, 0.0)]), torch.tensor([min(end, 1.0)])
+        mask = plateau_mask(centres, start, end, steepness, valid)
+        reach = end - start
+        context = torch.maximum(plateau_mask(centres, start - reach, end + reach, steepness, valid), mask)
+        pooled = raun_loss(*pool_event(features, mask, valid, context), beta=0.5).item()
+        return pooled, raun_steps_loss(features, mask, context, beta=0.5).item()
+
+    for seed in range(4):
+        features, centres = _synthetic_video(width, seed)
+        true_pooled, true_steps = losses(features, centres, 0.5 - width / 2, 0.5 + width / 2)
+        whole_pooled, whole_steps = losses(features, centres, 0.0, 1.0)
+        assert whole_pooled < true_pooled and true_steps < whole_steps
 
 
 V = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -169,6 +219,13 @@ def test_gradients_reach_offset_width_and_mask_steepness():
     assert out.offset.grad.abs().sum() > 0 and out.width.grad.abs().sum() > 0
     assert model.steepness_raw.grad is not None and model.steepness_raw.grad.abs() > 0
     assert all(isinstance(v, float) for v in terms.values())
+    assert torch.equal(out.context, video_valid.float())  # no context_widths: Eq. 2's video is the valid steps
+    steps_config = LossConfig(raun_similarity="steps")
+    args = (out.v_ev, out.v_bg, out.v_vd, out.q, None, torch.tensor([[0], [0], [1], [1]]), out.start, out.end, torch.tensor([0.1, 0.5, 0.6, 0.9]), torch.tensor([0.3, 0.5, 0.6, 0.9]))
+    _, between_steps = implicit_loss(steps_config, *args, steps=(out.video, out.mask, out.context))
+    assert between_steps["raun"] == pytest.approx(raun_steps_loss(out.video, out.mask, out.context, 0.5).item())
+    with pytest.raises(ValueError, match="needs the steps"):
+        implicit_loss(steps_config, *args)
 
 
 def _gathered_loss_on_rank(rank, world_size, init_file, out_dir):
