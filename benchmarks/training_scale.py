@@ -95,17 +95,17 @@ def plain_loop(config: dict):
     import torch
 
     from cu_scale.config import ImplicitConfig
-    from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig
-    from cu_scale.losses import LossConfig, implicit_batch_loss
+    from cu_scale.implicit_model import ImplicitModel
+    from cu_scale.losses import implicit_batch_loss
     from cu_scale.training import deepspeed_engine, worker_setup
 
     settings = ImplicitConfig(**config["implicit"])
     rank, world_size, device = worker_setup(config, settings.seed)
     batches = [{name: torch.as_tensor(value) for name, value in row.items() if name != "sample_key"} for row in ray.get(config["batches"])]
-    model = ImplicitModel(ImplicitModelConfig(video_dim=config["video_dim"], word_dim=config["word_dim"], hidden_dim=settings.hidden_dim, heads=settings.heads, dropout=settings.dropout))
+    model = ImplicitModel(settings.model(config["video_dim"], config["word_dim"]))
     engine = deepspeed_engine(model, batch_size=len(batches[0]["anchor"]), learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
                               zero_stage=settings.zero_stage, lr_schedule=settings.lr_schedule, total_steps=config["steps"], bf16=device.type == "cuda")
-    losses = LossConfig(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(LossConfig)})
+    losses = settings.losses()
     started = None
     for step in range(config["steps"]):
         total, _ = implicit_batch_loss(engine, batches[step % len(batches)], losses)

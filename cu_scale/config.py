@@ -215,6 +215,19 @@ class ImplicitConfig:
         if self.tau <= 0 or self.learning_rate <= 0:
             raise ConfigError(f"tau: tau and learning_rate must be > 0, got {self.tau} and {self.learning_rate}")
 
+    def model(self, video_dim: int, word_dim: int):
+        """The `ImplicitModelConfig` these settings train, for features of `video_dim` and words of `word_dim`."""
+        from cu_scale.implicit_model import ImplicitModelConfig
+
+        fields = {f.name for f in dataclasses.fields(ImplicitModelConfig)} - {"video_dim", "word_dim", "offset_code_dim"}
+        return ImplicitModelConfig(video_dim=video_dim, word_dim=word_dim, **{name: getattr(self, name) for name in fields})
+
+    def losses(self):
+        """The `LossConfig` of Eq. 3–8 these settings train with (its fields carry the same names here)."""
+        from cu_scale.losses import LossConfig
+
+        return LossConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossConfig)})
+
 
 @dataclasses.dataclass(frozen=True)
 class ExplicitConfig:

@@ -66,8 +66,8 @@ def score_validation(model, device, split, world_size: int, monitor) -> dict[str
 
 def worker_loop(config: dict):
     """Runs on every Ray Train worker; `config` is a plain dict (see `train_implicit`)."""
-    from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig
-    from cu_scale.losses import LossConfig, implicit_batch_loss
+    from cu_scale.implicit_model import ImplicitModel
+    from cu_scale.losses import implicit_batch_loss
     from cu_scale.monitoring import TrainingMonitor
     from cu_scale.streams import EpochPlan, StoreLayout, implicit_stream, inference_dataset
     from cu_scale.training import StepClock, deepspeed_engine, epoch_batches, resume, save_and_report, split_stream, worker_setup
@@ -78,21 +78,12 @@ def worker_loop(config: dict):
     plans = [EpochPlan(**plan) for plan in config["plans"]]
     rank, world_size, device = worker_setup(config, settings.seed)
     clock = StepClock(config["started_at"])
-    model = ImplicitModel(
-        ImplicitModelConfig(
-            video_dim=layout.feature_dim, word_dim=layout.word_dim, hidden_dim=settings.hidden_dim,
-            heads=settings.heads, dropout=settings.dropout, contrast_features=settings.contrast_features,
-            steepness_unit=settings.steepness_unit, initial_steepness=settings.initial_steepness, initial_width=settings.initial_width,
-            context_widths=settings.context_widths, offset_unit=settings.offset_unit,
-            detector_similarity=settings.detector_similarity,
-        )
-    )
+    model = ImplicitModel(settings.model(layout.feature_dim, layout.word_dim))
     engine = deepspeed_engine(
         model, batch_size=per_worker.batch_size, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
         zero_stage=settings.zero_stage, lr_schedule=settings.lr_schedule, total_steps=sum(plan.steps for plan in plans), bf16=device.type == "cuda",
     )
-    # The run config carries the loss settings under the same names as LossConfig's fields.
-    losses = LossConfig(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(LossConfig)})
+    losses = settings.losses()
     warmup_losses = dataclasses.replace(losses, use_raun=False)  # the first `raun_warmup_epochs` epochs
 
     first_epoch, history = resume(engine)

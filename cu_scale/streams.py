@@ -39,6 +39,7 @@ Rows carry their shard index, so consumers can write outputs co-partitioned with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import pathlib
@@ -326,24 +327,26 @@ def implicit_window(layout: StoreLayout, clusters_dir: str, memberships: int, pe
     return window, plan_batches(window.columns["clusters"][:, 0], per_worker, [per_worker.seed, *seed], total=count)
 
 
+def implicit_batches(layout: StoreLayout, clusters_dir: str, memberships: int, per_worker: BatchConfig, shards, count: int, seed: list[int]):
+    """The `count` batches of one window of the implicit stream (`implicit_stream` gives their columns), as
+    plain numpy dicts: what a window task yields, and what a loop without Ray can train on."""
+    window, batches = implicit_window(layout, clusters_dir, memberships, per_worker, shards, count, seed)
+    c = window.columns
+    duration = c["duration"].astype(np.float32)
+    anchor = ((c["partial_start"] + c["partial_end"]) / 2 / duration).astype(np.float32)
+    start, end = (c["partial_start"] / duration).astype(np.float32), (c["partial_end"] / duration).astype(np.float32)
+    for positions in batches:
+        yield {
+            **window.gather(positions), "anchor": anchor[positions], "partial_start": start[positions], "partial_end": end[positions],
+            "clusters": c["clusters"][positions].astype(np.int32), "sample_key": c["sample_key"][positions],
+        }
+
+
 def implicit_stream(layout: StoreLayout, clusters_dir: str, memberships: int, per_worker: BatchConfig, plan: EpochPlan):
     """The implicit stage's batches of one epoch. Row columns (each with a leading axis of 1):
     features (B, T, Dv) f16, mask (B, T), words (B, M, Dq) f16, words_valid (B, M), anchor, partial_start,
     partial_end (B,) f32 in normalised time, clusters (B, m) int32, sample_key (B,) int64."""
-
-    def make_batches(shards, count: int, seed: list[int]):
-        window, batches = implicit_window(layout, clusters_dir, memberships, per_worker, shards, count, seed)
-        c = window.columns
-        duration = c["duration"].astype(np.float32)
-        anchor = ((c["partial_start"] + c["partial_end"]) / 2 / duration).astype(np.float32)
-        start, end = (c["partial_start"] / duration).astype(np.float32), (c["partial_end"] / duration).astype(np.float32)
-        for positions in batches:
-            yield {
-                **window.gather(positions), "anchor": anchor[positions], "partial_start": start[positions], "partial_end": end[positions],
-                "clusters": c["clusters"][positions].astype(np.int32), "sample_key": c["sample_key"][positions],
-            }
-
-    return _stream(plan, make_batches, layout)
+    return _stream(plan, functools.partial(implicit_batches, layout, clusters_dir, memberships, per_worker), layout)
 
 
 def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | None, batch_size: int, seed: int, plan: EpochPlan):
