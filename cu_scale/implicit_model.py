@@ -172,12 +172,17 @@ def pool_event(features: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, 
     return v_ev, v_bg, v_vd
 
 
-def pool_clip(features: torch.Tensor, centres: torch.Tensor, valid: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-    """The partial label's own feature (Table V's short-clip representation): the mean of the steps whose
-    centre lies in [start − ½ step, end + ½ step], so that a single-frame label still covers one step. (B, D)."""
+def steps_inside(centres: torch.Tensor, valid: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the valid steps whose centre lies in [start − ½ step, end + ½ step] of normalised time, so
+    that a span of zero length (a single-frame label) still covers the step it falls in."""
     half_step = 0.5 / valid.float().sum(1, keepdim=True).clamp(min=1)
-    inside = (centres >= start[:, None] - half_step) & (centres <= end[:, None] + half_step) & valid
-    weights = inside.float()[..., None]
+    return (centres >= start[:, None] - half_step) & (centres <= end[:, None] + half_step) & valid
+
+
+def pool_clip(features: torch.Tensor, centres: torch.Tensor, valid: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """The partial label's own feature (Table V's short-clip representation): the mean of its steps
+    (`steps_inside`). (B, D)."""
+    weights = steps_inside(centres, valid, start, end).float()[..., None]
     return (weights * features).sum(1) / weights.sum(1).clamp(min=1)
 
 

@@ -1,6 +1,8 @@
 """The explicit-stage models: the span IoU by hand, the DETR matching, and both models overfitting a tiny
 batch through their own loss (plain PyTorch; the Ray Train + DeepSpeed path is in test_pipeline.py)."""
 
+import math
+
 import pytest
 import torch
 
@@ -25,6 +27,24 @@ def test_detr_matches_the_candidate_of_least_cost_and_weights_the_others_down():
     assert float(l1) == pytest.approx(0.0, abs=1e-6) and float(giou) == pytest.approx(0.0, abs=1e-6)
     # BCE with logit 0 is ln 2 for every candidate; weights 1 (matched) + 0.1 + 0.1.
     assert float(cls) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-6)
+
+
+def test_regressor_calibration_pulls_the_attention_onto_the_target_steps_by_hand():
+    # Four steps centred at 1/8, 3/8, 5/8, 7/8 with attention 0.1, 0.2, 0.3, 0.4; the answer equals the target,
+    # so L1 is 0 and gIoU 1, and the loss is calibration × −Σ m_t log a_t / Σ m_t.
+    model = BoundaryRegressor(8, 8, hidden_dim=16, heads=2, layers=1, calibration=2.0)
+    attention = torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 2)
+    centres = torch.tensor([[0.125, 0.375, 0.625, 0.875]] * 2)
+    extras = {"attention": attention, "centres": centres, "valid": torch.ones(2, 4, dtype=torch.bool)}
+    # [0.3, 0.7] holds the centres 3/8 and 5/8; the single frame 0.4 (a zero-length target) marks its own step, 3/8.
+    start, end = torch.tensor([0.3, 0.4]), torch.tensor([0.7, 0.4])
+    total, terms = model.loss(GroundingOutput(start, end, extras), start, end)
+    by_hand = (-(math.log(0.2) + math.log(0.3)) / 2 - math.log(0.2)) / 2
+    assert terms["calibration"] == pytest.approx(by_hand, abs=1e-6)
+    assert terms["l1"] == pytest.approx(0.0, abs=1e-6)
+    # The single frame's gIoU against itself is 0 (a zero-length union), so its gIoU loss is 1: (0 + 1) / 2.
+    assert terms["giou"] == pytest.approx(0.5, abs=1e-6)
+    assert float(total) == pytest.approx(0.5 + 2.0 * by_hand, abs=1e-5)
 
 
 @pytest.mark.parametrize("cls", [BoundaryRegressor, SpanDETR])
