@@ -8,6 +8,7 @@ import torch
 from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig, plateau_mask, pool_clip, pool_event, step_centres
 from cu_scale.losses import (
     LossConfig,
+    centred_units,
     grounding_loss,
     implicit_loss,
     inter_sample_losses,
@@ -67,9 +68,29 @@ def test_step_pair_similarity_leaves_out_a_step_with_itself():
     # (1,3) w 1 cos 1, (2,3) w ½ cos 0 → 1/2; event × video: (1,2) w 1, (1,3) w 1 cos 1, (2,1) w ½, (2,3) w ½ → 1/3.
     assert step_pair_similarity(units, mask, context - mask).tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
     assert step_pair_similarity(units, mask, context).tolist() == pytest.approx([0.25, 1 / 3], abs=1e-6)
+
+def test_raun_between_centred_steps_by_hand():
+    # Steps [1,0], [0,2], [3,0]: their mean is [4/3, 2/3], so centred they are [−1,−2]/3, [−4,4]/3, [5,−2]/3,
+    # and their cosines c12 = −1/√10, c13 = −1/√145, c23 = −7/√58.
     features = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]] * 2)
-    # Eq. 5 between steps, β = 0.1: (½ − ¼ + 0.1 + ½ − ⅓ + 0.1) / 2
-    assert raun_steps_loss(features, mask, context, beta=0.1).item() == pytest.approx((0.35 + 0.5 - 1 / 3 + 0.1) / 2, abs=1e-6)
+    units = centred_units(features, torch.ones(2, 3, dtype=torch.bool))
+    by_hand = [-1 / math.sqrt(5), -2 / math.sqrt(5), -1 / math.sqrt(2), 1 / math.sqrt(2), 5 / math.sqrt(29), -2 / math.sqrt(29)]
+    assert units[0].flatten().tolist() == pytest.approx(by_hand, abs=1e-6)
+    c12, c13, c23 = -1 / math.sqrt(10), -1 / math.sqrt(145), -7 / math.sqrt(58)
+    mask, context = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.5, 0.0]]), torch.ones(2, 3)
+    # Hard mask {1, 2}: background pairs (1,3), (2,3); video pairs (1,2), (1,3), (2,1), (2,3).
+    hard = (c13 + c23) / 2 - (2 * c12 + c13 + c23) / 4 + 0.1
+    # Soft mask (1, ½, 0), ring (0, ½, 1): background pairs (1,2) w ½, (1,3) w 1, (2,3) w ½; video pairs
+    # (1,2) w 1, (1,3) w 1, (2,1) w ½, (2,3) w ½.
+    soft = (0.5 * c12 + c13 + 0.5 * c23) / 2 - (1.5 * c12 + c13 + 0.5 * c23) / 3 + 0.1
+    assert hard > 0 and soft > 0
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    assert raun_steps_loss(features, mask, context, valid, beta=0.1).item() == pytest.approx((hard + soft) / 2, abs=1e-6)
+    # A padded step takes no part: the same video with a fourth, invalid step gives the same loss.
+    padded = torch.cat([features, torch.full((2, 1, 2), 9.0)], dim=1)
+    pad = lambda x: torch.cat([x, torch.zeros(2, 1)], dim=1)  # noqa: E731
+    valid4 = torch.cat([valid, torch.zeros(2, 1, dtype=torch.bool)], dim=1)
+    assert raun_steps_loss(padded, pad(mask), pad(context), valid4, beta=0.1).item() == pytest.approx((hard + soft) / 2, abs=1e-6)
 
 
 def _synthetic_video(width: float, seed: int, steps: int = 128, dim: int = 64):
@@ -97,7 +118,7 @@ def test_between_steps_the_true_moment_costs_less_than_the_whole_video(width):
         reach = end - start
         context = torch.maximum(plateau_mask(centres, start - reach, end + reach, steepness, valid), mask)
         pooled = raun_loss(*pool_event(features, mask, valid, context), beta=0.5).item()
-        return pooled, raun_steps_loss(features, mask, context, beta=0.5).item()
+        return pooled, raun_steps_loss(features, mask, context, valid, beta=0.5).item()
 
     for seed in range(4):
         features, centres = _synthetic_video(width, seed)
@@ -222,8 +243,8 @@ def test_gradients_reach_offset_width_and_mask_steepness():
     assert torch.equal(out.context, video_valid.float())  # no context_widths: Eq. 2's video is the valid steps
     steps_config = LossConfig(raun_similarity="steps")
     args = (out.v_ev, out.v_bg, out.v_vd, out.q, None, torch.tensor([[0], [0], [1], [1]]), out.start, out.end, torch.tensor([0.1, 0.5, 0.6, 0.9]), torch.tensor([0.3, 0.5, 0.6, 0.9]))
-    _, between_steps = implicit_loss(steps_config, *args, steps=(out.video, out.mask, out.context))
-    assert between_steps["raun"] == pytest.approx(raun_steps_loss(out.video, out.mask, out.context, 0.5).item())
+    _, between_steps = implicit_loss(steps_config, *args, steps=(out.video, out.mask, out.context, out.valid))
+    assert between_steps["raun"] == pytest.approx(raun_steps_loss(out.video, out.mask, out.context, out.valid, 0.5).item())
     with pytest.raises(ValueError, match="needs the steps"):
         implicit_loss(steps_config, *args)
 
