@@ -1,6 +1,7 @@
 """Shared fixtures. Real annotation files are read from ../shared/datasets, never copied."""
 
 import pathlib
+import time
 
 import pytest
 
@@ -27,3 +28,36 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def ray_resources_released(request):
+    """After a test that used the local Ray, every CPU is free again (waited for up to a minute).
+
+    The tests share one Ray session, so a test that leaves an actor, a placement group or a stream's
+    read task holding CPUs starves every later test; that test fails here, by name, instead.
+    """
+    yield
+    if "local_ray" not in request.fixturenames:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    deadline = time.monotonic() + 60
+    while True:
+        total = ray.cluster_resources().get("CPU", 0.0)
+        free = ray.available_resources().get("CPU", 0.0)
+        if free >= total - 1e-6:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    from ray.util.state import list_actors, list_placement_groups
+
+    actors = [f"{a.class_name} ({a.state})" for a in list_actors(filters=[("state", "!=", "DEAD")])]
+    groups = [f"{g.placement_group_id[:8]} ({g.state})" for g in list_placement_groups(filters=[("state", "!=", "REMOVED")])]
+    pytest.fail(
+        f"the test left {total - free:g} of {total:g} CPUs held in the shared Ray a minute after it ended; "
+        f"live actors: {actors or 'none'}; placement groups: {groups or 'none'}"
+    )
