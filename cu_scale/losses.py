@@ -197,7 +197,7 @@ def implicit_loss(
     partial_end: torch.Tensor,
     rank: int = 0,
     world_size: int = 1,
-    steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 3 + γ·Eq. 8 with the switches of Table II; returns the total and every term as a plain float.
     `steps` (features, mask, context of Eq. 2 and the valid steps) is needed for `raun_similarity: steps`."""
