@@ -200,7 +200,7 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
     started = time.perf_counter()
     # ASHA stopping a trial releases its Ray Train workers only when the dashboard runs (DESIGN.md §5).
     if not ray.is_initialized():
-        ray.init(include_dashboard=True, dashboard_port=_free_port(), log_to_driver=False, configure_logging=False)
+        ray.init(include_dashboard=True, dashboard_port=free_port(), log_to_driver=False, configure_logging=False)
     prepare_shared(base, settings, search_dir, say)
     base = resolve_paths(base, pathlib.Path.cwd())  # trials run in directories of Tune's: no relative paths there
     stores = {str(r): str(relabelled_store_path(search_dir, r)) for r in settings.values_of("clip_seconds")} if "clip_seconds" in settings.space else {}
@@ -239,7 +239,7 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
     return {"rows": rows, "best": best, "seconds": time.perf_counter() - started}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A free port for this search's Ray dashboard (another local Ray may hold 8265; without a dashboard of
     its own, Ray Train cannot see that a stopped trial's controller died and never frees its workers)."""
     import socket

@@ -24,8 +24,12 @@ def local_ray():
 
     # A worker group that cannot start retries forever by default: fail the test instead of hanging CI.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
-    # The dashboard serves the state API, through which Ray Train frees the workers of a trial that Tune stops.
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    from cu_scale.search import free_port
+
+    # The dashboard serves the state API, through which Ray Train frees the workers of a trial that Tune
+    # stops; on its own port, since another Ray on this machine may hold the default 8265 (then the
+    # dashboard does not start, and a stopped trial's worker holds its CPU until the session ends).
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=free_port(), log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
