@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import pathlib
 import shutil
 import time
@@ -49,15 +50,39 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
 
 
-def start_ray():
-    """The embedded default: a local Ray in this process, or the cluster named by RAY_ADDRESS (a Ray job)."""
+def start_ray(**init_options):
+    """The embedded default: a local Ray in this process, or the cluster named by RAY_ADDRESS (a Ray job).
+
+    A local Ray gets a GCS port of its own choosing, and its workers are told that address (RAY_ADDRESS
+    in the job's runtime env). Without it, Ray's state API, which a worker uses to look up actors, finds
+    every Ray on the machine and refuses to choose ("Found multiple active Ray instances"); Ray Train
+    then never frees the workers of a trial that Tune stopped, and while another run or a test's Ray is
+    up, a search's next trial waits for their CPUs forever. `init_options` go to `ray.init`.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(log_to_driver=False, logging_level=logging.WARNING)
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False, logging_level=logging.WARNING, **init_options)
+        else:
+            port = free_port()
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the head Ray starts here
+            try:
+                ray.init(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}}, **init_options)
+            finally:
+                del os.environ["RAY_GCS_SERVER_PORT"]
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own bars count queries and shards
     return ray
+
+
+def free_port() -> int:
+    """A port nobody holds now, for a local Ray's GCS or dashboard (another Ray on the machine may hold the defaults)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class Pipeline:

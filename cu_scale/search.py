@@ -192,15 +192,14 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from cu_scale.pipeline import HINTS
+    from cu_scale.pipeline import HINTS, free_port, start_ray
     from cu_scale.watchdog import run_watched
 
     search_dir = pathlib.Path(search_dir).resolve()
     search_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    # ASHA stopping a trial releases its Ray Train workers only when the dashboard runs (DESIGN.md §5).
-    if not ray.is_initialized():
-        ray.init(include_dashboard=True, dashboard_port=free_port(), log_to_driver=False, configure_logging=False)
+    # ASHA stopping a trial releases its Ray Train workers only when the dashboard serves the state API.
+    start_ray(include_dashboard=True, dashboard_port=free_port())
     prepare_shared(base, settings, search_dir, say)
     base = resolve_paths(base, pathlib.Path.cwd())  # trials run in directories of Tune's: no relative paths there
     stores = {str(r): str(relabelled_store_path(search_dir, r)) for r in settings.values_of("clip_seconds")} if "clip_seconds" in settings.space else {}
@@ -237,16 +236,6 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
     best = max(rows, key=lambda row: row["best mIoU"])
     write_results(rows, best, base, settings, search_dir)
     return {"rows": rows, "best": best, "seconds": time.perf_counter() - started}
-
-
-def free_port() -> int:
-    """A free port for this search's Ray dashboard (another local Ray may hold 8265; without a dashboard of
-    its own, Ray Train cannot see that a stopped trial's controller died and never frees its workers)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def trial_rows(grid, keys: list[str]) -> list[dict]:

@@ -24,12 +24,10 @@ def local_ray():
 
     # A worker group that cannot start retries forever by default: fail the test instead of hanging CI.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
-    from cu_scale.search import free_port
+    from cu_scale.pipeline import free_port, start_ray
 
-    # The dashboard serves the state API, through which Ray Train frees the workers of a trial that Tune
-    # stops; on its own port, since another Ray on this machine may hold the default 8265 (then the
-    # dashboard does not start, and a stopped trial's worker holds its CPU until the session ends).
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=free_port(), log_to_driver=False, configure_logging=False)
+    # The dashboard serves the state API, through which Ray Train frees the workers of a trial that Tune stops.
+    start_ray(num_cpus=2, include_dashboard=True, dashboard_port=free_port(), configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -59,8 +57,9 @@ def ray_resources_released(request):
         time.sleep(0.5)
     from ray.util.state import list_actors, list_placement_groups
 
-    actors = [f"{a.class_name} ({a.state})" for a in list_actors(filters=[("state", "!=", "DEAD")])]
-    groups = [f"{g.placement_group_id[:8]} ({g.state})" for g in list_placement_groups(filters=[("state", "!=", "REMOVED")])]
+    address = ray.get_runtime_context().gcs_address  # another Ray may run on this machine (tests/test_jobs.py)
+    actors = [f"{a.class_name} ({a.state})" for a in list_actors(address=address, filters=[("state", "!=", "DEAD")])]
+    groups = [f"{g.placement_group_id[:8]} ({g.state})" for g in list_placement_groups(address=address, filters=[("state", "!=", "REMOVED")])]
     pytest.fail(
         f"the test left {total - free:g} of {total:g} CPUs held in the shared Ray a minute after it ended; "
         f"live actors: {actors or 'none'}; placement groups: {groups or 'none'}"

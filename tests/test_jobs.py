@@ -107,6 +107,30 @@ def ray_head():
         log.close()
 
 
+def test_a_worker_of_the_embedded_ray_finds_its_own_ray_while_another_runs(ray_head, local_ray):
+    """Ray Train frees a stopped trial's workers through the state API, called in a worker; with two Rays
+    on one machine that API refuses to guess which one it is in, unless the embedded Ray told its workers."""
+
+    @local_ray.remote(num_cpus=0)
+    class Marker:
+        def ready(self):
+            return True
+
+    marker = Marker.options(name="cu-scale-marker").remote()
+    local_ray.get(marker.ready.remote())
+
+    @local_ray.remote(num_cpus=0)
+    def names_of_live_actors():
+        from ray.util.state import list_actors
+
+        return [actor.name for actor in list_actors(filters=[("state", "=", "ALIVE")])]
+
+    try:
+        assert "cu-scale-marker" in local_ray.get(names_of_live_actors.remote(), timeout=120)
+    finally:
+        local_ray.kill(marker)
+
+
 class MetricsRecorder(threading.Thread):
     """Reads the head's metrics endpoint every second while jobs run: each metric name seen, with its lines."""
 
