@@ -115,7 +115,9 @@ def raun_steps_loss(features: torch.Tensor, mask: torch.Tensor, context: torch.T
       ActivityNet events started at 0.05 of the video or at 0.5 end at the same 0.33 of it (0.035 on the
       long world); L_raun falls 0.47 → 0.39. ActivityNet 46.94 / 43.47 (1.64×), the long world 47.10 /
       41.51 against 46.25 / 37.42 (0.75×), Charades-STA 73.95 (1.18×) against 61.17 for the widened label.
-      How long the events come out then depends on λ (`cu_scale.config.ImplicitConfig`).
+      How long the events come out then depends on λ (`cu_scale.config.ImplicitConfig`). Through the stage,
+      with the shipped configs: the long world 50.67 / 47.94 (λ 0.25, events 1.01× the moments),
+      ActivityNet Captions 50.95 / 51.12 against 44.05 / 38.29 (λ 1, 1.62×), Charades-STA 74.23 / 88.27.
     With ρ = 1 the hinge stays active (closing it takes S(ev, ev) − S(ev, bg) > about 3β), so β only
     shifts the loss."""
     units = centred_units(features, valid)
