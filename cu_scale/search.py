@@ -187,7 +187,6 @@ def run_trial(params: dict, setup: dict) -> None:
 
 def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | pathlib.Path, say=print) -> dict:
     """Prepare what trials share, run (or resume) the Tuner, write the results; returns {"rows", "best", "seconds"}."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
