@@ -67,7 +67,7 @@ def worker_loop(config: dict):
     meta = {"class": config["model"], "video_dim": layout.feature_dim, "word_dim": layout.word_dim, "options": model_options, "source": config["source"]}
 
     def stream(epoch: int):
-        return epoch_batches(lambda: explicit_stream(layout, config["source"], config["pseudo_labels"], batch_size, settings.seed, plans[epoch]), rank, world_size, device, plans[epoch].steps)
+        return epoch_batches(lambda: explicit_stream(layout, config["source"], config["pseudo_labels"], batch_size, settings.seed, plans[epoch], settings.attend_to_partial), rank, world_size, device, plans[epoch].steps)
 
     upcoming = stream(first_epoch) if first_epoch < settings.epochs else None
     for epoch in range(first_epoch, settings.epochs):
@@ -79,7 +79,7 @@ def worker_loop(config: dict):
         steps = 0
         for batch in batches:
             out = engine(batch["features"].float(), batch["mask"], batch["words"].float(), batch["words_valid"])
-            total, terms = model.loss(out, batch["target_start"], batch["target_end"])
+            total, terms = model.loss(out, batch["target_start"], batch["target_end"], batch["inside_start"], batch["inside_end"])
             engine.backward(total)
             engine.step()
             clock.step()

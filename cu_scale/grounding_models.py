@@ -9,15 +9,18 @@ The interface (`GroundingModel`): a `torch.nn.Module` whose constructor takes
 
 (the `explicit` section of the config supplies the keyword arguments; accept ``**options`` to ignore
 some), whose ``forward(video, video_valid, words, words_valid)`` returns a `GroundingOutput` with one
-(start, end) per query, and whose ``loss(output, target_start, target_end)`` returns the scalar to
-minimise and a dict of named float terms for the logs. Name a class in the config as
+(start, end) per query, and whose ``loss(output, target_start, target_end, inside_start, inside_end)``
+returns the scalar to minimise and a dict of named float terms for the logs. The target is the span to
+learn; ``inside`` is a span known to lie in the moment (`cu_scale.config.ExplicitConfig.attend_to_partial`:
+the partial label when the target is a pseudo-label, the target itself otherwise), for a model that holds
+something to the moment's steps; a model may ignore it. Name a class in the config as
 ``explicit.models: [my_package.my_module:MyModel]``; the README has a worked example.
 
 Two models ship:
 - `BoundaryRegressor` (proposal-free, after ABLR, Yuan et al. 2019): the video attends to the query, an
   attention pooling over the fused steps feeds an MLP that regresses the span's centre and width directly.
   Loss: L1 on (start, end), the 1-D generalised IoU loss and ABLR's attention calibration (the pooling
-  attention is pulled onto the target's steps).
+  attention is pulled onto the steps of the `inside` span: on pseudo-labels, the partial label).
 - `SpanDETR` (DETR-style, after Moment-DETR, Lei et al. 2021, the family of the paper's BM-DETR): a
   Transformer decoder turns `num_queries` learned moment queries into candidate spans (centre, width) with
   a foreground logit each, reading the fused video memory. Training matches the one ground-truth span to
@@ -50,7 +53,7 @@ class GroundingOutput:
 class GroundingModel(Protocol):
     def forward(self, video: torch.Tensor, video_valid: torch.Tensor, words: torch.Tensor, words_valid: torch.Tensor) -> GroundingOutput: ...
 
-    def loss(self, output: GroundingOutput, target_start: torch.Tensor, target_end: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, output: GroundingOutput, target_start: torch.Tensor, target_end: torch.Tensor, inside_start: torch.Tensor | None = None, inside_end: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 def span_iou(start, end, target_start, target_end) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +98,9 @@ class BoundaryRegressor(nn.Module):
     """Proposal-free: attention pooling over the fused steps, then an MLP regresses (centre, width).
 
     Loss: L1 on (start, end) + 1-D gIoU + `calibration` × ABLR's attention calibration loss (Yuan et al.
-    2019), −Σ_t m_t log a_t / Σ_t m_t with a the pooling attention and m_t = 1 on the target's
-    steps (`steps_inside`: a zero-length target, a single frame, marks the step it falls in). Without it
+    2019), −Σ_t m_t log a_t / Σ_t m_t with a the pooling attention and m_t = 1 on the steps of the span
+    `inside` (the target's when none is given; `steps_inside`: a zero-length span, a single frame, marks
+    the step it falls in). Without it
     the attention gets no signal but through the regressed span, and on long videos with short moments the
     model never localises: on the demo's long world (4-minute videos, moments of 4 %), trained on ground
     truth in a plain loop for 10 epochs, test mIoU 6.15 without it (answers of median 127 s against
@@ -119,11 +123,13 @@ class BoundaryRegressor(nn.Module):
         start, end = centre_width_to_span(centre, width)
         return GroundingOutput(start, end, {"attention": weights, "centres": centres, "valid": video_valid})
 
-    def loss(self, output: GroundingOutput, target_start, target_end):
+    def loss(self, output: GroundingOutput, target_start, target_end, inside_start=None, inside_end=None):
         l1 = (output.start - target_start).abs().mean() + (output.end - target_end).abs().mean()
         _, giou = span_iou(output.start, output.end, target_start, target_end)
         giou_loss = (1 - giou).mean()
-        inside = steps_inside(output.extras["centres"], output.extras["valid"], target_start, target_end).float()
+        if inside_start is None:
+            inside_start, inside_end = target_start, target_end
+        inside = steps_inside(output.extras["centres"], output.extras["valid"], inside_start, inside_end).float()
         log_attention = torch.log(output.extras["attention"].clamp(min=1e-12))
         calibration = (-(inside * log_attention).sum(1) / inside.sum(1).clamp(min=1)).mean()
         total = l1 + giou_loss + self.calibration * calibration
@@ -191,7 +197,7 @@ class SpanDETR(nn.Module):
         class_loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights, reduction="sum") / weights.sum()
         return l1_loss, giou_loss, class_loss
 
-    def loss(self, output: GroundingOutput, target_start, target_end):
+    def loss(self, output: GroundingOutput, target_start, target_end, inside_start=None, inside_end=None):
         terms = {"l1": 0.0, "giou": 0.0, "class": 0.0}
         total = 0.0
         for spans, logits in output.extras["per_layer"]:

@@ -349,11 +349,9 @@ def implicit_stream(layout: StoreLayout, clusters_dir: str, memberships: int, pe
     return _stream(plan, functools.partial(implicit_batches, layout, clusters_dir, memberships, per_worker), layout)
 
 
-def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | None, batch_size: int, seed: int, plan: EpochPlan):
-    """The explicit stage's shuffled batches of one epoch, trained on `source` labels. Row columns:
-    features, mask, words, words_valid (as `implicit_stream`), target_start, target_end (B,) f32 in
-    normalised time clipped to [0, 1], sample_key (B,) int64. The last batch of a window is completed
-    with other samples of the window, and windows make a multiple of W batches: every sample at least once."""
+def explicit_labels(layout: StoreLayout, source: str, pseudo_labels_dir: str | None):
+    """A `Window` `extra` that reads the training label of `source` as target_start, target_end (seconds):
+    the store's ground truth or partial label, or the pseudo-label stage's file of the shard."""
 
     def labels_of(index: int, samples: pa.Table, rows: np.ndarray) -> dict:
         if source != "pseudo":
@@ -367,11 +365,31 @@ def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | N
         where = where.to_numpy()
         return {"target_start": table.column("pseudo_start").to_numpy()[where], "target_end": table.column("pseudo_end").to_numpy()[where]}
 
+    return labels_of
+
+
+def explicit_targets(columns: dict[str, np.ndarray], source: str, attend_to_partial: bool) -> dict[str, np.ndarray]:
+    """target_start, target_end, inside_start, inside_end (f32, normalised by the duration, clipped to [0, 1])
+    of a window's columns read with `explicit_labels`: the span to learn, and a span known to lie in the
+    moment (the partial label for pseudo-labels with `attend_to_partial`, the target otherwise)."""
+    inside = "partial" if source == "pseudo" and attend_to_partial else "target"
+    return {
+        f"{name}_{side}": np.clip(columns[f"{column}_{side}"] / columns["duration"], 0, 1).astype(np.float32)
+        for name, column in (("target", "target"), ("inside", inside))
+        for side in ("start", "end")
+    }
+
+
+def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | None, batch_size: int, seed: int, plan: EpochPlan, attend_to_partial: bool = True):
+    """The explicit stage's shuffled batches of one epoch, trained on `source` labels. Row columns:
+    features, mask, words, words_valid (as `implicit_stream`), target_start, target_end, inside_start,
+    inside_end (B,) f32 (`explicit_targets`), sample_key (B,) int64. The last batch of a window is
+    completed with other samples of the window, and windows make a multiple of W batches: every sample at
+    least once."""
+
     def make_batches(shards, count: int, window_seed: list[int]):
-        window = Window(layout, shards, "train", keep=labelled_mask(source), extra=labels_of)
-        c = window.columns
-        start = np.clip(c["target_start"] / c["duration"], 0, 1).astype(np.float32)
-        end = np.clip(c["target_end"] / c["duration"], 0, 1).astype(np.float32)
+        window = Window(layout, shards, "train", keep=labelled_mask(source), extra=explicit_labels(layout, source, pseudo_labels_dir))
+        targets = explicit_targets(window.columns, source, attend_to_partial)
         rng = np.random.default_rng([seed, *window_seed])
         order = rng.permutation(window.size)
         short = count * batch_size - window.size
@@ -379,7 +397,7 @@ def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | N
             raise StoreError(f"window of shards {list(shards)} holds {window.size} labelled samples, more than the {count} planned batches of {batch_size}")
         order = np.concatenate([order, rng.choice(window.size, short, replace=short > window.size)])
         for positions in np.sort(order.reshape(count, batch_size), axis=1):
-            yield {**window.gather(positions), "target_start": start[positions], "target_end": end[positions], "sample_key": c["sample_key"][positions]}
+            yield {**window.gather(positions), **{name: values[positions] for name, values in targets.items()}, "sample_key": window.columns["sample_key"][positions]}
 
     return _stream(plan, make_batches, layout)
 

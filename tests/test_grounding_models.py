@@ -47,6 +47,21 @@ def test_regressor_calibration_pulls_the_attention_onto_the_target_steps_by_hand
     assert float(total) == pytest.approx(0.5 + 2.0 * by_hand, abs=1e-5)
 
 
+def test_regressor_calibrates_on_the_inside_span_and_regresses_onto_the_target_by_hand():
+    # The pseudo source: the span is the pseudo-label [0.3, 0.7], the attention is held to the partial label
+    # 0.6 (a single frame, inside the moment), which marks the step centred at 5/8 alone.
+    model = BoundaryRegressor(8, 8, hidden_dim=16, heads=2, layers=1, calibration=1.0)
+    extras = {"attention": torch.tensor([[0.1, 0.2, 0.3, 0.4]]), "centres": torch.tensor([[0.125, 0.375, 0.625, 0.875]]), "valid": torch.ones(1, 4, dtype=torch.bool)}
+    answer = GroundingOutput(torch.tensor([0.2]), torch.tensor([0.7]), extras)
+    total, terms = model.loss(answer, torch.tensor([0.3]), torch.tensor([0.7]), torch.tensor([0.6]), torch.tensor([0.6]))
+    assert terms["calibration"] == pytest.approx(-math.log(0.3), abs=1e-6)
+    assert terms["l1"] == pytest.approx(0.1, abs=1e-6)  # |0.2 − 0.3| + |0.7 − 0.7|
+    assert terms["giou"] == pytest.approx(1 - 0.4 / 0.5, abs=1e-6)  # the answer encloses the target: gIoU = IoU
+    # Without an inside span the target's steps (3/8 and 5/8) are the ones calibrated on.
+    _, terms = model.loss(answer, torch.tensor([0.3]), torch.tensor([0.7]))
+    assert terms["calibration"] == pytest.approx(-(math.log(0.2) + math.log(0.3)) / 2, abs=1e-6)
+
+
 @pytest.mark.parametrize("cls", [BoundaryRegressor, SpanDETR])
 def test_each_model_overfits_a_tiny_batch(cls):
     torch.manual_seed(0)
@@ -87,6 +102,6 @@ def test_the_readme_example_model_follows_the_interface():
     model = namespace["MeanPoolRegressor"](16, 12, hidden_dim=8, heads=2, layers=1, dropout=0.1)
     video_valid = torch.ones(3, 5, dtype=torch.bool)
     out = model(torch.randn(3, 5, 16), video_valid, torch.randn(3, 4, 12), torch.ones(3, 4, dtype=torch.bool))
-    total, terms = model.loss(out, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5, 0.9]))
+    total, terms = model.loss(out, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5, 0.9]), torch.tensor([0.2, 0.3, 0.4]), torch.tensor([0.2, 0.3, 0.4]))
     total.backward()
     assert out.start.shape == (3,) and set(terms) == {"total"}

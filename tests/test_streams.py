@@ -3,6 +3,7 @@ whole batches built by Ray Data from windows of the store, inference batches rea
 A real demo store of several shards, the real encoder, faiss, a real local Ray."""
 
 import dataclasses
+import pathlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -152,6 +153,30 @@ def test_the_explicit_stream_covers_every_labelled_sample_in_batches_of_b_over_w
     assert len(rows) == sum(plan.batches) and len(rows) % 2 == 0
     assert all(row["target_start"].shape == (8,) and (row["target_start"] <= row["target_end"]).all() for row in rows)
     assert len({k for row in rows for k in row["sample_key"].tolist()}) == labelled.sum()
+
+
+def test_on_pseudo_labels_the_explicit_stream_regresses_onto_them_and_holds_attention_to_the_partial_label(store, tmp_path):
+    store, config, layout = store
+    # Pseudo-labels written as the pseudo-label stage writes them (one Parquet file per shard): here the
+    # ground truth, so that target, partial label and ground truth can be told apart by sample.
+    truth, durations = {}, {}
+    for (videos, _), shard in zip(store.iter_shards(), store.shards):
+        durations.update(zip(videos.column("video_id").to_pylist(), videos.column("duration").to_pylist()))
+        samples = store.shard_samples(shard["index"], ["sample_id", "video_id", "partial_start", "partial_end", "gt_start", "gt_end"])
+        pq.write_table(samples.select(["sample_id", "gt_start", "gt_end"]).rename_columns(["sample_id", "pseudo_start", "pseudo_end"]), tmp_path / pathlib.Path(shard["samples_file"]).name)
+        for row, sample in enumerate(samples.to_pylist()):
+            truth[(shard["index"] << KEY_BITS) | row] = sample
+    labelled = labelled_counts(store, "pseudo")
+    plan = explicit_plan(labelled, 8, 1, window_shards(labelled, config.batches, config.cluster.k), seed=0, epoch=0)
+    for attend_to_partial, inside in ((True, "partial"), (False, "gt")):
+        rows = _rows(explicit_stream(layout, "pseudo", str(tmp_path), 8, 0, plan, attend_to_partial))
+        for row in rows[:3]:
+            for i, key in enumerate(row["sample_key"].tolist()):
+                sample = truth[key]
+                duration = durations[sample["video_id"]]
+                assert row["target_start"][i] == pytest.approx(min(sample["gt_start"] / duration, 1), abs=1e-6)
+                assert row["inside_start"][i] == pytest.approx(min(sample[f"{inside}_start"] / duration, 1), abs=1e-6)
+                assert row["inside_end"][i] == pytest.approx(min(sample[f"{inside}_end"] / duration, 1), abs=1e-6)
 
 
 def test_inference_batches_are_one_row_per_sample_of_the_split(store):
