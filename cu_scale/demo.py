@@ -27,11 +27,12 @@ def demo_config(run_dir: str = "runs/demo", videos: int = 2000, seed: int = 0, o
     the same values (a test checks).
 
     *Choices*, for a demo under 10 minutes on two cores that still shows the method: 2,000 videos (2,803
-    training queries: enough that pseudo-labels beat the widened partial label clearly, 66.9 against 58.1
+    training queries: enough that pseudo-labels beat the widened partial label clearly, 70.9 against 58.1
     mIoU), 10 implicit epochs, and one explicit model, the boundary regressor, trained for 20 epochs on the
     pseudo-labels and on ground truth (at 10 epochs its training loss was still falling; SpanDETR, which
-    needs longer, is in the Charades-STA configs). Measured: 551 s here while another run shared the machine (pseudo-label mIoU 70.88 against 58.05 widened; explicit test
-    mIoU 62.15 on pseudo-labels, 71.28 on ground truth)."""
+    needs longer, is in the Charades-STA configs). Measured: 551 s here while another run shared the
+    machine (pseudo-label mIoU 70.88 against 58.05 widened; explicit test mIoU 62.15 on pseudo-labels,
+    71.28 on ground truth)."""
     config = RunConfig(
         store=f"{run_dir}/store",
         run_dir=run_dir,

@@ -380,7 +380,7 @@ def explicit_targets(columns: dict[str, np.ndarray], source: str, attend_to_part
     }
 
 
-def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | None, batch_size: int, seed: int, plan: EpochPlan, attend_to_partial: bool = True):
+def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | None, batch_size: int, seed: int, plan: EpochPlan, attend_to_partial: bool):
     """The explicit stage's shuffled batches of one epoch, trained on `source` labels. Row columns:
     features, mask, words, words_valid (as `implicit_stream`), target_start, target_end, inside_start,
     inside_end (B,) f32 (`explicit_targets`), sample_key (B,) int64. The last batch of a window is

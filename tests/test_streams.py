@@ -144,7 +144,7 @@ def test_the_explicit_stream_covers_every_labelled_sample_in_batches_of_b_over_w
     labelled = labelled_counts(store, "gt")
     assert labelled.sum() == store.manifest["counts"]["splits"]["train"]["samples"]
     plan = explicit_plan(labelled, 8, 2, window_shards(labelled, config.batches, config.cluster.k), seed=0, epoch=0)
-    dataset = explicit_stream(layout, "gt", None, 8, 0, plan)
+    dataset = explicit_stream(layout, "gt", None, 8, 0, plan, attend_to_partial=True)
     # A stream's object-store budget is a few blocks per task and per worker, whatever the corpus: the
     # pages a worker reads its batches from count in its resident memory.
     budget = STREAM_BLOCK_BYTES * (STREAM_BASE_BLOCKS + 2 * STREAM_BLOCKS_PER_WORKER)
