@@ -7,7 +7,8 @@ the training split (by a hash of its id) is held out and never trained on; after
 answers its queries and is scored against their ground truth. No test split is read: this is for
 choosing how the explicit stage learns from partial labels, and a choice is then measured with the stage.
 
-Needs a prepared and encoded store, and the run's pseudo-labels for `--source pseudo`.
+Needs a prepared and encoded store, and the run's pseudo-labels for `--source pseudo`. It holds the chosen
+shards' training samples in memory (unlike the stage, which streams them): give `--shards N` on a large store.
 
     .venv/bin/python benchmarks/explicit_plain_loop.py configs/demo-long.yaml --source pseudo
     .venv/bin/python benchmarks/explicit_plain_loop.py configs/demo-long.yaml --source pseudo --set explicit.attend_to_partial=false
