@@ -77,8 +77,8 @@ def main():
     labels = explicit_labels(layout, args.source, str(pathlib.Path(config.run_dir) / PSEUDO_LABELS_DIR))
     window = Window(layout, shards, "train", keep=labelled_mask(args.source), extra=labels)
     targets = {name: torch.as_tensor(values) for name, values in explicit_targets(window.columns, args.source, settings.attend_to_partial).items()}
-    validation = held_out(window.columns["video_id"]) & ~np.isnan(window.columns["gt_start"])
-    fit, held = np.flatnonzero(~held_out(window.columns["video_id"])), np.flatnonzero(validation)
+    outside = held_out(window.columns["video_id"])
+    fit, held = np.flatnonzero(~outside), np.flatnonzero(outside & ~np.isnan(window.columns["gt_start"]))
     batch_size = settings.batch_size
     steps_per_epoch = math.ceil(len(fit) / batch_size)
     model_path = args.model or settings.models[0]
