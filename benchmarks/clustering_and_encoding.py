@@ -3,14 +3,14 @@
     .venv/bin/python benchmarks/clustering_and_encoding.py [--points 1000000] [--k 1000] [--store STORE] [--encoding-only]
 
 Part 1 clusters N synthetic 384-d unit vectors (mixture of K' Gaussian blobs) with K centroids:
-- the project's clustering (`cu_scale.clustering`: distinct-row check, training sample, faiss k-means,
+- the project's clustering (`cu_scale.stages.clustering`: distinct-row check, training sample, faiss k-means,
   streaming assignment of every point to its m nearest centroids),
 - a plain `faiss.Kmeans(d, K).train(x)` plus one `index.search(x, 1)` on the same array,
 - scikit-learn `MiniBatchKMeans` on a stated subsample (on all 1M it runs for many minutes here).
 Time is wall clock; peak memory is the growth of this process's resident set during each call.
 
 Part 2 (with --store, a store with embeddings absent or present) encodes its queries through Ray Data
-(`cu_scale.encode`, fresh embeddings and word-feature directories, Ray already running as in a pipeline)
+(`cu_scale.stages.encode`, fresh embeddings and word-feature directories, Ray already running as in a pipeline)
 and with a plain `SentenceTransformer.encode` loop over the same queries. The plain loop runs as the
 script a user would write, in a fresh Python process, and two of its times are compared:
 - as a script: from the process's start (importing sentence-transformers, loading the model, encoding),
@@ -64,7 +64,7 @@ def part_clustering(args):
     import faiss
     from sklearn.cluster import MiniBatchKMeans
 
-    from cu_scale.clustering import train_kmeans
+    from cu_scale.stages.clustering import train_kmeans
 
     x = synthetic_embeddings(args.points, 384, blobs=2 * args.k)
     print(f"clustering {args.points:,} × 384 float32 ({x.nbytes / 1e9:.2f} GB), K={args.k}, {args.iterations} iterations, faiss threads {faiss.omp_get_max_threads()}")
@@ -116,8 +116,8 @@ def part_encoding(args):
     import ray
 
     from cu_scale.config import EncodeConfig
-    from cu_scale.encode import EMBEDDINGS_DIR, WORDS_DIR, encode_store
-    from cu_scale.store import FeatureStore
+    from cu_scale.stages.encode import EMBEDDINGS_DIR, WORDS_DIR, encode_store
+    from cu_scale.data.store import FeatureStore
 
     store = FeatureStore(args.store)
     files = [str(store.path / shard["samples_file"]) for shard in store.shards]

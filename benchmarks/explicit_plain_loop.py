@@ -1,6 +1,6 @@
 """An explicit model on one label source in a plain PyTorch loop, scored on held-out training videos.
 
-No Ray, no DeepSpeed: the labels and targets are the stage's own (`cu_scale.streams.explicit_labels`,
+No Ray, no DeepSpeed: the labels and targets are the stage's own (`cu_scale.stages.streams.explicit_labels`,
 `explicit_targets`), the model and its loss are the config's, the optimiser is the one the stage
 configures (AdamW, gradient clipping 1.0, 5 % linear warm-up then a cosine to 0). One video in five of
 the training split (by a hash of its id) is held out and never trained on; after every epoch the model
@@ -29,12 +29,12 @@ from implicit_plain_loop import cosine_schedule
 
 from cu_scale.cli import parse_overrides
 from cu_scale.config import load_config
-from cu_scale.encode import check_encoder
-from cu_scale.explicit import model_class
-from cu_scale.metrics import grounding_metrics, temporal_iou
-from cu_scale.pseudo_labels import PSEUDO_LABELS_DIR
-from cu_scale.store import FeatureStore
-from cu_scale.streams import StoreLayout, Window, explicit_labels, explicit_targets, labelled_mask
+from cu_scale.stages.encode import check_encoder
+from cu_scale.stages.explicit import model_class
+from cu_scale.evaluation.metrics import grounding_metrics, temporal_iou
+from cu_scale.stages.pseudo_labels import PSEUDO_LABELS_DIR
+from cu_scale.data.store import FeatureStore
+from cu_scale.stages.streams import StoreLayout, Window, explicit_labels, explicit_targets, labelled_mask
 
 
 def held_out(video_ids: np.ndarray) -> np.ndarray:

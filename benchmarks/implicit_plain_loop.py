@@ -1,7 +1,7 @@
 """The implicit stage's model, batches and losses in a plain PyTorch loop, on some of a store's shards.
 
-No Ray, no DeepSpeed: the batches are the stage's own (`cu_scale.streams.implicit_batches`, the same
-windows and cluster-aware plan), the step is the stage's own (`cu_scale.losses.implicit_batch_loss`),
+No Ray, no DeepSpeed: the batches are the stage's own (`cu_scale.stages.streams.implicit_batches`, the same
+windows and cluster-aware plan), the step is the stage's own (`cu_scale.method.implicit_step.implicit_step`),
 the optimiser is the one the stage configures (AdamW, gradient clipping 1.0, 5 % linear warm-up then a
 cosine to 0). After training, the detector labels every training sample of those shards at its own
 anchor, and its pseudo-labels are scored against ground truth beside the partial label widened to the
@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from cu_scale.cli import parse_overrides
-from cu_scale.clustering import clusters_dir, trainable_counts
+from cu_scale.stages.clustering import clusters_dir, trainable_counts
 from cu_scale.config import load_config
-from cu_scale.encode import check_encoder
-from cu_scale.implicit_model import ImplicitModel
-from cu_scale.losses import implicit_batch_loss
-from cu_scale.metrics import grounding_metrics, temporal_iou
-from cu_scale.store import FeatureStore
-from cu_scale.streams import StoreLayout, Window, has_partial_label, implicit_batches, implicit_plan, window_shards
+from cu_scale.stages.encode import check_encoder
+from cu_scale.method.implicit_model import ImplicitModel
+from cu_scale.method.implicit_step import epoch_losses, implicit_step
+from cu_scale.evaluation.metrics import grounding_metrics, temporal_iou
+from cu_scale.data.store import FeatureStore
+from cu_scale.stages.streams import StoreLayout, Window, has_partial_label, implicit_batches, implicit_plan, window_shards
 
 
 def cosine_schedule(total_steps: int):
@@ -132,11 +132,11 @@ def main():
     started = time.time()
     for epoch, plan in enumerate(plans):
         sums, steps = {}, 0
-        step_losses = losses if epoch >= settings.raun_warmup_epochs else dataclasses.replace(losses, use_raun=False)
+        step_losses = epoch_losses(losses, epoch, settings.raun_warmup_epochs)
         for index, window in enumerate(plan.windows):
             for batch in implicit_batches(layout, directory, config.cluster.memberships, per_worker, window, plan.batches[index], [plan.epoch, index]):
                 batch = {name: torch.as_tensor(value) for name, value in batch.items() if name != "sample_key"}
-                total, terms = implicit_batch_loss(model, batch, step_losses)
+                total, terms = implicit_step(model, batch, step_losses)
                 optimiser.zero_grad()
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

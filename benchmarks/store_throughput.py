@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from cu_scale.records import Sample, Video
-from cu_scale.simulator import FeatureSimulator, SimulatorSettings
-from cu_scale.store import FeatureStore, StoreWriter, join_shard
+from cu_scale.data.records import Sample, Video
+from cu_scale.data.simulator import FeatureSimulator, SimulatorSettings
+from cu_scale.data.store import FeatureStore, StoreWriter, join_shard
 
 
 def timed(function):

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/training_scale.py [--sizes 10000 100000 1000000] [--dv 256] [--steps 32]
         [--root stores/bench] [--train-steps 150] [--k 64] [--batch 64] [--clusters 8] [--hidden 128]
 
-For each size it builds (once, then reuses) a store of the demo world (`cu_scale.demo`: videos of 15-45 s
+For each size it builds (once, then reuses) a store of the demo world (`cu_scale.data.demo`: videos of 15-45 s
 holding 2-4 actions, one to three queries each, uniform single-frame labels, simulated features at the
 given width Dv and T steps), encodes it with the real encoder (word features and embeddings, the encode
 stage) and clusters it (faiss, K clusters). At the defaults (Dv 256, T 32) the stores take about 10 kB
@@ -12,7 +12,7 @@ build on two cores (the 1M store: 11 minutes to render and write, 9 to encode, e
 shard once).
 
 Then, each size in a fresh process (so that its peak memory is its own): the implicit stage itself
-(`cu_scale.implicit.train_implicit`, one Ray Train worker, DeepSpeed, the store's training stream) for
+(`cu_scale.stages.implicit.train_implicit`, one Ray Train worker, DeepSpeed, the store's training stream) for
 `--train-steps` steps, and the same number of steps of a plain loop in a Ray Train worker of the same
 size over batches prebuilt in its memory (the batches the stage trains on, the first of the same stream; the limit a data path
 can reach). It prints, per size: the training worker's peak RSS, the driver's peak RSS, the time from the
@@ -41,10 +41,10 @@ HERE = pathlib.Path(__file__).resolve()
 
 def build_store(path: pathlib.Path, samples: int, args) -> None:
     """A demo-world store with at least `samples` training samples, written a chunk of videos at a time."""
-    from cu_scale.demo import generate_demo_corpus
-    from cu_scale.partial_labels import PartialLabelSpec, assign_partial_labels
-    from cu_scale.simulator import FeatureSimulator, SimulatorSettings
-    from cu_scale.store import StoreWriter
+    from cu_scale.data.demo import generate_demo_corpus
+    from cu_scale.data.partial_labels import PartialLabelSpec, assign_partial_labels
+    from cu_scale.data.simulator import FeatureSimulator, SimulatorSettings
+    from cu_scale.data.store import StoreWriter
 
     simulator = FeatureSimulator(SimulatorSettings(feature_dim=args.dv, max_steps=args.steps, steps_per_second=1.0))
     spec = PartialLabelSpec("uniform", seed=0)
@@ -69,10 +69,10 @@ def build_store(path: pathlib.Path, samples: int, args) -> None:
 
 
 def prepare(size: int, args) -> pathlib.Path:
-    from cu_scale.clustering import cluster_store
+    from cu_scale.stages.clustering import cluster_store
     from cu_scale.config import ClusterConfig, EncodeConfig
-    from cu_scale.encode import encode_store
-    from cu_scale.pipeline import start_ray
+    from cu_scale.stages.encode import encode_store
+    from cu_scale.ops.pipeline import start_ray
 
     path = pathlib.Path(args.root) / f"demo-{size}-dv{args.dv}-t{args.steps}"
     if not (path / "manifest.json").exists():
@@ -95,9 +95,9 @@ def plain_loop(config: dict):
     import torch
 
     from cu_scale.config import ImplicitConfig
-    from cu_scale.implicit_model import ImplicitModel
-    from cu_scale.losses import implicit_batch_loss
-    from cu_scale.training import deepspeed_engine, worker_setup
+    from cu_scale.method.implicit_model import ImplicitModel
+    from cu_scale.method.implicit_step import implicit_step
+    from cu_scale.stages.training import deepspeed_engine, worker_setup
 
     settings = ImplicitConfig(**config["implicit"])
     rank, world_size, device = worker_setup(config, settings.seed)
@@ -108,7 +108,7 @@ def plain_loop(config: dict):
     losses = settings.losses()
     started = None
     for step in range(config["steps"]):
-        total, _ = implicit_batch_loss(engine, batches[step % len(batches)], losses)
+        total, _ = implicit_step(engine, batches[step % len(batches)], losses)
         engine.backward(total)
         engine.step()
         if step == 0:
@@ -143,14 +143,14 @@ def measure(size: int, args) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cu_scale.clustering import clusters_dir, trainable_counts
+    from cu_scale.stages.clustering import clusters_dir, trainable_counts
     from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, ImplicitConfig
-    from cu_scale.encode import check_encoder
-    from cu_scale.implicit import train_implicit
-    from cu_scale.pipeline import start_ray
-    from cu_scale.resources import training_group
-    from cu_scale.store import FeatureStore
-    from cu_scale.streams import StoreLayout, implicit_plan, implicit_stream, implicit_window, window_shards
+    from cu_scale.stages.encode import check_encoder
+    from cu_scale.stages.implicit import train_implicit
+    from cu_scale.ops.pipeline import start_ray
+    from cu_scale.stages.resources import training_group
+    from cu_scale.data.store import FeatureStore
+    from cu_scale.stages.streams import StoreLayout, implicit_plan, implicit_stream, implicit_window, window_shards
 
     path = pathlib.Path(args.root) / f"demo-{size}-dv{args.dv}-t{args.steps}"
     store = FeatureStore(path)

@@ -12,16 +12,17 @@ import resource
 import sys
 import time
 
-from cu_scale.annotations import AnnotationError
-from cu_scale.batching import BatchingError
-from cu_scale.clustering import ClusteringError
-from cu_scale.config import DEMO_WORLDS, ConfigError
-from cu_scale.partial_labels import METHODS, PartialLabelSpec
-from cu_scale.pipeline import STAGES
-from cu_scale.simulator import SimulatorSettings
+from cu_scale.data.annotations import AnnotationError
+from cu_scale.method.batching import BatchingError
+from cu_scale.stages.clustering import ClusteringError
+from cu_scale.config import DEFAULT_STEPS, ConfigError, PrepareConfig
+from cu_scale.data.demo import WORLDS
+from cu_scale.data.partial_labels import METHODS
+from cu_scale.ops.pipeline import STAGE_NAMES
+from cu_scale.data.simulator import SimulatorSettings
 from cu_scale.console import describe_store, megabytes
-from cu_scale.evaluation import PredictionsError
-from cu_scale.store import FeatureStore, LabelPolicy, StoreError, StoreRejectError
+from cu_scale.evaluation.predictions import PredictionsError
+from cu_scale.data.store import FeatureStore, StoreError, StoreRejectError
 
 DEMO_DIR = "runs/demo"
 DEFAULT_SEARCH = pathlib.Path(__file__).resolve().parents[1] / "tune" / "default.yaml"
@@ -36,47 +37,32 @@ def _peak_memory_bytes() -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _store_options(args):
-    from cu_scale.prepare import StoreOptions
-
-    return StoreOptions(
-        out=args.out,
-        max_steps=args.steps,
-        shard_videos=args.shard_videos,
-        policy=LabelPolicy(args.overshoot, args.overshoot_tolerance),
-        strict=args.strict,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-
-
-def _partial_spec(args) -> PartialLabelSpec:
-    if args.glance and args.partial is not None:
+def prepare_settings(args) -> PrepareConfig:
+    """The `prepare:` section of a run config that these options describe: both build stores the same way."""
+    if args.dataset != "demo" and args.glance and args.partial is not None:
         raise SystemExit("cu-scale: choose --glance (labels from the glance files) or --partial (sampled labels), not both")
-    return PartialLabelSpec(args.partial or "uniform", seed=args.partial_seed, clip_seconds=args.clip_seconds)
-
-
-def _simulator(args) -> SimulatorSettings | None:
-    if not args.simulate:
-        return None
-    return SimulatorSettings(feature_dim=args.dv, max_steps=args.steps, noise=args.noise, seed=args.seed, world_seed=args.world_seed)
+    given = {
+        "steps": args.steps, "shard_videos": args.shard_videos, "overshoot": args.overshoot, "overshoot_tolerance": args.overshoot_tolerance,
+        "strict": args.strict, "feature_dim": args.dv, "seed": args.seed, "world_seed": args.world_seed, "noise": args.noise,
+    }
+    if args.dataset == "demo":
+        given.update(videos=args.videos, world=args.world)
+    else:
+        given.update(annotations=args.annotations, glance=args.glance, partial=args.partial, clip_seconds=args.clip_seconds,
+                     partial_seed=args.partial_seed, features=args.features)
+        if args.dataset == "activitynet":
+            given["splits"] = tuple(args.splits)
+    try:
+        return PrepareConfig(dataset=args.dataset, **{k: v for k, v in given.items() if v is not None})
+    except ConfigError as error:
+        raise ConfigError(f"cu-scale prepare {args.dataset}: {error}") from None
 
 
 def _run_prepare(args) -> int:
-    from cu_scale import prepare
+    from cu_scale.ops.pipeline import build_store
 
     started = time.perf_counter()
-    options = _store_options(args)
-    if args.dataset == "demo":
-        manifest = prepare.prepare_demo(options, num_videos=args.videos, seed=args.seed, world=args.world)
-    elif args.dataset == "charades-sta":
-        manifest = prepare.prepare_charades_sta(
-            options, args.annotations, args.glance, _partial_spec(args), _simulator(args), args.features
-        )
-    else:
-        manifest = prepare.prepare_activitynet(
-            options, args.annotations, args.glance, _partial_spec(args), _simulator(args), args.features, tuple(args.splits)
-        )
+    manifest = build_store(prepare_settings(args), args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(describe_store(FeatureStore(args.out)))
     print(
         f"wrote        {megabytes(manifest['counts']['feature_bytes'])} of features in {time.perf_counter() - started:.1f} s;"
@@ -85,17 +71,25 @@ def _run_prepare(args) -> int:
     return 0
 
 
-def _add_store_arguments(parser: argparse.ArgumentParser, default_steps: int):
+DEFAULTS = PrepareConfig()  # every option's default is the config section's
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser, dataset: str):
     out = parser.add_argument_group("output store")
     out.add_argument("--out", required=True, metavar="STORE", help="directory to create (must not exist unless --overwrite)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
-    out.add_argument("--steps", type=int, default=default_steps, metavar="T", help=f"max feature steps per video; longer videos are average-pooled to T (default {default_steps})")
-    out.add_argument("--shard-videos", type=int, default=256, metavar="N", help="videos per Parquet shard (default 256)")
+    out.add_argument("--steps", type=int, metavar="T", help=f"max feature steps per video; longer videos are average-pooled to T (default {DEFAULT_STEPS[dataset]})")
+    out.add_argument("--shard-videos", type=int, metavar="N", help=f"videos per Parquet shard (default {DEFAULTS.shard_videos})")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     checks = parser.add_argument_group("validation")
-    checks.add_argument("--overshoot", choices=("clip", "reject"), default="clip", help="a label partly past the video's end or before 0: clip it and count it (default) or reject the sample")
-    checks.add_argument("--overshoot-tolerance", type=float, default=5.0, metavar="SECONDS", help="a label starting more than this past the end is 'outside the video' and rejected (default 5)")
-    checks.add_argument("--strict", action="store_true", help="any reject stops the run with a non-zero exit and prints the first reason")
+    checks.add_argument("--overshoot", choices=("clip", "reject"), help=f"a label partly past the video's end or before 0: clip it and count it, or reject the sample (default {DEFAULTS.overshoot})")
+    checks.add_argument("--overshoot-tolerance", type=float, metavar="SECONDS", help=f"a label starting more than this past the end is 'outside the video' and rejected (default {DEFAULTS.overshoot_tolerance:g})")
+    checks.add_argument("--strict", action="store_true", default=None, help="any reject stops the run with a non-zero exit and prints the first reason")
+    simulator = parser.add_argument_group("simulated features")
+    simulator.add_argument("--dv", type=int, help=f"feature width Dv of simulated features (default {DEFAULTS.feature_dim}, as I3D)")
+    simulator.add_argument("--noise", type=float, help=f"simulator noise level (default {SimulatorSettings.noise})")
+    simulator.add_argument("--seed", type=int, help=f"simulator seed for per-video draws (default {DEFAULTS.seed})")
+    simulator.add_argument("--world-seed", type=int, help=f"simulator seed of the concept vectors and feature map (default {DEFAULTS.world_seed})")
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser):
@@ -103,16 +97,12 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser):
     labels = parser.add_argument_group("partial labels")
     labels.add_argument("--glance", action="store_true", help="use the single-frame labels of the glance files (DIR/glance/)")
     labels.add_argument("--partial", choices=METHODS, help="sample partial labels from ground truth instead: a uniform or Gaussian single frame, or a clip (default: uniform)")
-    labels.add_argument("--clip-seconds", type=float, default=0.0, metavar="R", help="clip length r in seconds for --partial clip")
-    labels.add_argument("--partial-seed", type=int, default=0, help="seed of the partial-label sampler (default 0)")
+    labels.add_argument("--clip-seconds", type=float, metavar="R", help="clip length r in seconds for --partial clip")
+    labels.add_argument("--partial-seed", type=int, help=f"seed of the partial-label sampler (default {DEFAULTS.partial_seed})")
     feats = parser.add_argument_group("features (exactly one)")
     source = feats.add_mutually_exclusive_group(required=True)
-    source.add_argument("--simulate", action="store_true", help="render features with the simulator (DESIGN.md §4)")
+    source.add_argument("--simulate", action="store_true", help="render features with the simulator (cu_scale.data.simulator)")
     source.add_argument("--features", metavar="PATH", help="a directory of VIDEO.npy files or one .h5 file keyed by video id")
-    feats.add_argument("--dv", type=int, default=1024, help="feature width Dv of simulated features (default 1024, as I3D)")
-    feats.add_argument("--noise", type=float, default=SimulatorSettings.noise, help=f"simulator noise level (default {SimulatorSettings.noise})")
-    feats.add_argument("--seed", type=int, default=0, help="simulator seed for per-video draws (default 0)")
-    feats.add_argument("--world-seed", type=int, default=0, help="simulator seed of the concept vectors and feature map (default 0)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,7 +150,7 @@ def _load(args):
 
 def print_results(run_dir: str | pathlib.Path) -> None:
     from cu_scale.console import metrics_table
-    from cu_scale.pipeline import METRICS_FILE
+    from cu_scale.ops.pipeline import METRICS_FILE
 
     run_dir = pathlib.Path(run_dir)
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
@@ -171,8 +161,8 @@ def print_results(run_dir: str | pathlib.Path) -> None:
 
 
 def _run_demo(args) -> int:
-    from cu_scale.demo import demo_config
-    from cu_scale.pipeline import Pipeline
+    from cu_scale.config import demo_config
+    from cu_scale.ops.pipeline import Pipeline
 
     config = demo_config(args.out, videos=args.videos, seed=args.seed, overrides=parse_overrides(args.set))
     started = time.perf_counter()
@@ -184,7 +174,7 @@ def _run_demo(args) -> int:
 
 
 def _run_run(args) -> int:
-    from cu_scale.pipeline import Pipeline
+    from cu_scale.ops.pipeline import Pipeline
 
     config = _load(args)
     started = time.perf_counter()
@@ -195,14 +185,14 @@ def _run_run(args) -> int:
 
 
 def _run_single_stage(args) -> int:
-    from cu_scale.pipeline import Pipeline
+    from cu_scale.ops.pipeline import Pipeline
 
     Pipeline(_load(args), progress=not args.quiet).run_stage(args.stage)
     return 0
 
 
 def _run_compare(args) -> int:
-    from cu_scale.comparison import comparison_table, run_comparison
+    from cu_scale.ops.comparison import comparison_table, run_comparison
 
     started = time.perf_counter()
     rows = run_comparison(args.configs, parse_overrides(args.set), progress=not args.quiet)
@@ -213,7 +203,7 @@ def _run_compare(args) -> int:
 
 def _run_evaluate(args) -> int:
     from cu_scale.console import metrics_table
-    from cu_scale.evaluation import evaluate_predictions, read_predictions
+    from cu_scale.evaluation.predictions import evaluate_predictions, read_predictions
 
     metrics = evaluate_predictions(read_predictions(args.predictions))
     if args.json:
@@ -225,7 +215,7 @@ def _run_evaluate(args) -> int:
 
 
 def _run_predict(args) -> int:
-    from cu_scale.predict import predict_one
+    from cu_scale.ops.predict import predict_one
 
     start, end = predict_one(args.run_dir, args.features, args.query, args.duration, args.model)
     print(f"{start:.2f} {end:.2f}    ({args.query!r}: {start:.2f} s to {end:.2f} s of {args.duration:g} s)")
@@ -233,8 +223,8 @@ def _run_predict(args) -> int:
 
 
 def _run_ablate(args) -> int:
-    from cu_scale.ablation import format_table, row_directory, run_ablation
-    from cu_scale.pipeline import start_ray
+    from cu_scale.ops.ablation import format_table, row_directory, run_ablation
+    from cu_scale.ops.pipeline import start_ray
 
     config = _load(args)
     start_ray()
@@ -247,7 +237,7 @@ def _run_ablate(args) -> int:
 
 
 def _run_tune(args) -> int:
-    from cu_scale.search import load_search, run_search, trials_table
+    from cu_scale.ops.search import load_search, run_search, trials_table
 
     config = _load(args)
     settings = load_search(args.space, config)
@@ -261,7 +251,7 @@ def _run_tune(args) -> int:
 
 
 def _run_submit(args) -> int:
-    from cu_scale.submission import client_for, follow, job_entrypoint, prepare_submission, submit
+    from cu_scale.ops.submission import client_for, follow, job_entrypoint, prepare_submission, submit
 
     config, runtime_env = prepare_submission(args.config, parse_overrides(args.set), args.root, args.working_dir)
     entrypoint = job_entrypoint(config, args.set, args.root, stage=args.stage, start_from=args.start_from, quiet=args.quiet)
@@ -294,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the embedded default: the whole pipeline on the built-in demo corpus (no files needed), on a local Ray")
     demo.add_argument("--out", default=DEMO_DIR, help=f"run directory (default {DEMO_DIR})")
-    demo.add_argument("--videos", type=int, default=2000, help="number of demo videos (default 2000)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--videos", type=int, help="number of demo videos (default: configs/demo.yaml's prepare.videos)")
+    demo.add_argument("--seed", type=int, help="seed of the demo world (default: configs/demo.yaml's prepare.seed)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo setting, e.g. --set explicit.epochs=10 (configs/demo.yaml lists them)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_run_demo)
@@ -308,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads DIR/charades_sta_{train,test}.txt (or DIR/glance/... with --glance) and DIR/Charades_v1_{train,test}.csv.",
     )
     _add_dataset_arguments(sta)
-    _add_store_arguments(sta, default_steps=64)
+    _add_store_arguments(sta, "charades-sta")
     anet = datasets.add_parser(
         "activitynet",
         help="ActivityNet Captions",
@@ -316,13 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataset_arguments(anet)
     anet.add_argument("--splits", nargs="+", default=["train", "val_1", "val_2"], help="splits to read (default: train val_1 val_2)")
-    _add_store_arguments(anet, default_steps=128)
+    _add_store_arguments(anet, "activitynet")
     demo_store = datasets.add_parser("demo", help="the built-in demo world (no files needed)")
-    demo_store.add_argument("--videos", type=int, default=240, help="number of videos (default 240)")
-    demo_store.add_argument("--seed", type=int, default=0)
-    demo_store.add_argument("--world", choices=DEMO_WORLDS, default="short", help="short: 15-45 s videos, moments a quarter of them (default);"
+    demo_store.add_argument("--videos", type=int, help=f"number of videos (default {DEFAULTS.videos})")
+    demo_store.add_argument("--world", choices=tuple(WORLDS), help="short: 15-45 s videos, moments a quarter of them (default);"
                             " long: 2-7 minute videos, moments of 3-40 s")
-    _add_store_arguments(demo_store, default_steps=32)
+    _add_store_arguments(demo_store, "demo")
     prepare.set_defaults(run=_run_prepare)
 
     store = commands.add_parser("store", help="inspect a feature store")
@@ -340,11 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="the whole run: " + " → ".join(STAGES) + "; skips finished stages",
+        help="the whole run: " + " → ".join(STAGE_NAMES) + "; skips finished stages",
         description="Runs every stage into the run directory; a rerun skips the stages that finished with the same settings.",
     )
     config_arguments(run)
-    run.add_argument("--from", dest="start_from", choices=STAGES, metavar="STAGE", help=f"redo from this stage on ({', '.join(STAGES)})")
+    run.add_argument("--from", dest="start_from", choices=STAGE_NAMES, metavar="STAGE", help=f"redo from this stage on ({', '.join(STAGE_NAMES)})")
     run.set_defaults(run=_run_run)
 
     for name, text in (
@@ -394,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--root", metavar="DIR", help="resolve the config's relative paths under DIR, a directory every node of the cluster sees")
     submit.add_argument("--working-dir", default=".", metavar="DIR", help="the cu-scale checkout to upload (default: .)")
     which = submit.add_mutually_exclusive_group()
-    which.add_argument("--stage", choices=STAGES, help="run this stage alone (its inputs must exist)")
-    which.add_argument("--from", dest="start_from", choices=STAGES, metavar="STAGE", help="redo the run from this stage")
+    which.add_argument("--stage", choices=STAGE_NAMES, help="run this stage alone (its inputs must exist)")
+    which.add_argument("--from", dest="start_from", choices=STAGE_NAMES, metavar="STAGE", help="redo the run from this stage")
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     submit.set_defaults(run=_run_submit)
 

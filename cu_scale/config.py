@@ -9,9 +9,13 @@ taken from the directory the command runs in.
     cluster: {k: 256, memberships: 2, iterations: 20, max_points_per_centroid: 256, seed: 0, split: train}
     batches: {batch_size: 64, clusters_per_batch: 8, seed: 0}
     run_dir: runs/charades                        # checkpoints, pseudo-labels, predictions, report
-    prepare: {dataset: charades-sta, annotations: ../shared/datasets/charades_sta, glance: true, ...}
+    prepare: {dataset: charades-sta, annotations: data/charades_sta, glance: true, ...}
     implicit: {epochs: 10, learning_rate: 0.0005, workers: 1, zero_stage: 1, lam: 1.0, tau: 0.1, ...}
-    explicit: {models: [cu_scale.grounding_models:SpanDETR], label_sources: [pseudo], epochs: 10, ...}
+    explicit: {models: [cu_scale.method.grounding_models:SpanDETR], label_sources: [pseudo], epochs: 10, ...}
+
+The settings of the method (`cu_scale.method.losses.LossConfig`, `cu_scale.method.implicit_model.ImplicitModelConfig`)
+have no defaults of their own: `ImplicitConfig.losses()` and `.model()` build them, so each setting has one
+default, here. The demo's settings are the file `configs/demo.yaml` of this checkout (`demo_config`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ import pathlib
 import typing
 
 import yaml
+
+from cu_scale.data.demo import WORLDS
+from cu_scale.data.partial_labels import METHODS as PARTIAL_METHODS
+from cu_scale.data.store import LabelPolicy
 
 
 class ConfigError(ValueError):
@@ -40,14 +48,16 @@ def _one_of(section, name: str, choices: tuple):
 
 
 DATASETS = ("demo", "charades-sta", "activitynet")
-DEMO_WORLDS = ("short", "long")  # the names of cu_scale.demo.WORLDS
-PARTIAL_METHODS = ("uniform", "gaussian", "clip")  # cu_scale.partial_labels.METHODS (kept free of numpy here)
+# T, the most feature steps a video keeps, when `prepare.steps` is not given: about two steps a second
+# on Charades-STA's 30-second videos, one on the demo's, one every second or so on ActivityNet's minutes.
+DEFAULT_STEPS = {"demo": 32, "charades-sta": 64, "activitynet": 128}
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 LABEL_SOURCES = ("pseudo", "gt", "partial")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
-    """How `cu-scale run` builds the store (the `cu-scale prepare` options, as a config section)."""
+    """How the store is built: a config's `prepare:` section, and what `cu-scale prepare` builds from its options."""
 
     dataset: str = "demo"  # demo (built in, no files), charades-sta or activitynet
     annotations: str | None = None  # the dataset's annotation directory (not for demo)
@@ -57,11 +67,14 @@ class PrepareConfig:
     partial_seed: int = 0
     features: str | None = None  # a directory of VIDEO.npy or one .h5 file; None: simulate features
     feature_dim: int = 1024  # Dv of simulated features (I3D's)
-    noise: float | None = None  # simulator noise; None: the calibrated default (cu_scale.simulator)
-    steps: int = 64  # T, max feature steps per video
+    noise: float | None = None  # simulator noise; None: the calibrated default (cu_scale.data.simulator)
+    steps: int | None = None  # T, max feature steps per video; None: DEFAULT_STEPS of the dataset
     shard_videos: int = 256
+    overshoot: str = LabelPolicy.overshoot  # a label partly outside the video: "clip" it (and count it) or "reject" the sample
+    overshoot_tolerance: float = LabelPolicy.tolerance_seconds  # seconds past the end after which a label is outside the video (LabelPolicy says why)
+    strict: bool = False  # any reject stops the prepare stage with the first reason
     videos: int = 240  # demo only: how many videos
-    world: str = "short"  # demo only: "short" (15–45 s videos) or "long" (2–7 minutes, short moments; cu_scale.demo)
+    world: str = "short"  # demo only: "short" (15–45 s videos) or "long" (2–7 minutes, short moments; cu_scale.data.demo)
     seed: int = 0  # simulator (and demo world) seed
     world_seed: int = 0
     splits: tuple[str, ...] = ("train", "val_1", "val_2")  # activitynet only
@@ -69,13 +82,20 @@ class PrepareConfig:
     def __post_init__(self):
         _one_of(self, "dataset", DATASETS)
         _one_of(self, "partial", PARTIAL_METHODS)
-        _one_of(self, "world", DEMO_WORLDS)
+        _one_of(self, "world", tuple(WORLDS))
+        _one_of(self, "overshoot", ("clip", "reject"))
         if self.dataset != "demo" and not self.annotations:
             raise ConfigError(f"annotations: the {self.dataset} annotation directory is required")
         if self.partial == "clip" and self.clip_seconds <= 0:
             raise ConfigError(f"clip_seconds: partial: clip needs clip_seconds > 0, got {self.clip_seconds}")
-        for name in ("feature_dim", "steps", "shard_videos", "videos"):
+        for name in ("feature_dim", "shard_videos", "videos"):
             _at_least(self, name, 1)
+        if self.steps is not None:
+            _at_least(self, "steps", 1)
+
+    @property
+    def max_steps(self) -> int:
+        return DEFAULT_STEPS[self.dataset] if self.steps is None else self.steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +136,7 @@ class BatchConfig:
     batch_size: int = 64  # B, the global batch (all workers together)
     clusters_per_batch: int = 8  # N: a batch holds N clusters × B/N samples
     seed: int = 0
-    # G: store shards per window of the training streams (cu_scale.streams); 0: the fewest shards that hold
+    # G: store shards per window of the training streams (cu_scale.stages.streams); 0: the fewest shards that hold
     # 16·K·(B/N) training samples, about 3 % repeated samples per epoch. A window is held in one Ray task.
     window_shards: int = 0
 
@@ -155,12 +175,12 @@ class ImplicitConfig:
     hidden_dim: int = 256
     heads: int = 4
     dropout: float = 0.1
-    contrast_features: str = "unimodal"  # what Eq. 2 pools: "unimodal" or "fused" (cu_scale.implicit_model explains)
-    # The event's scale (cu_scale.implicit_model gives the diagnosis and the runs). Defaults measured on the
+    contrast_features: str = "unimodal"  # what Eq. 2 pools: "unimodal" or "fused" (cu_scale.method.implicit_model explains)
+    # The event's scale (cu_scale.method.implicit_model gives the diagnosis and the runs). Defaults measured on the
     # demo's long world and on simulated Charades-STA with glance labels (pseudo-label mIoU, median event):
     #   the paper's reading (κ 30 per video, whole video, λ 1, pooled L_raun):  long world 32.62, 4.7 s;  Charades-STA 70.99
     #   κ 1 per feature step, context ρ = 1, λ = 0.5 (pooled L_raun):          long world 45.71, 12.6 s; Charades-STA 72.96
-    #   ... and L_raun between centred steps (defaults; cu_scale.losses.raun_steps_loss): ActivityNet events
+    #   ... and L_raun between centred steps (defaults; cu_scale.method.losses.raun_steps_loss): ActivityNet events
     #   no longer balloon (3.30× the moments before, 1.64× now), Charades-STA 73.95 in the plain loop
     # ("video", 30.0, None, lam 1.0 and raun_similarity "pooled" give the paper's reading back.)
     steepness_unit: str = "step"  # the plateau mask's κ per feature step ("step") or per normalised time ("video")
@@ -168,8 +188,8 @@ class ImplicitConfig:
     initial_width: float | None = None  # the event width ℓ at start, a fraction of the video; None: about 0.5
     context_widths: float | None = 1.0  # Eq. 2's background and video within this many event widths of the event; None: the whole video
     offset_unit: str = "video"  # δ a fraction of the video, or of the event's width ("width": the anchor stays inside; long world 43.74 against 45.71)
-    detector_similarity: bool = False  # Φ also reads each step's similarity to the query (cu_scale.implicit_model; long world 48.18 against 45.71)
-    raun_warmup_epochs: int = 0  # L_raun joins after this many epochs (cu_scale.implicit_model: what ballooned events on ActivityNet)
+    detector_similarity: bool = False  # Φ also reads each step's similarity to the query (cu_scale.method.implicit_model; long world 48.18 against 45.71)
+    raun_warmup_epochs: int = 0  # L_raun joins after this many epochs (cu_scale.method.implicit_model: what ballooned events on ActivityNet)
     workers: int = 1
     zero_stage: int = 1
     max_failures: int = 2  # restarts of the worker group from the latest checkpoint
@@ -195,7 +215,7 @@ class ImplicitConfig:
     use_erun: bool = True
     representation: str = "event"
     gather_across_workers: bool = True
-    raun_similarity: str = "steps"  # S of Eq. 5 between centred steps or over pooled features, the paper's "pooled" (cu_scale.losses.raun_steps_loss)
+    raun_similarity: str = "steps"  # S of Eq. 5 between centred steps or over pooled features, the paper's "pooled" (cu_scale.method.losses.raun_steps_loss)
     seed: int = 0
 
     def __post_init__(self):
@@ -206,33 +226,25 @@ class ImplicitConfig:
             raise ConfigError(f"raun_warmup_epochs: must be below epochs ({self.epochs}) or L_raun never joins, got {self.raun_warmup_epochs}")
         _at_least(self, "hidden_dim", 8)
         _one_of(self, "zero_stage", (0, 1, 2))
-        _one_of(self, "representation", ("event", "clip", "video"))
-        _one_of(self, "contrast_features", ("unimodal", "fused"))
-        _one_of(self, "steepness_unit", ("video", "step"))
-        _one_of(self, "offset_unit", ("video", "width"))
-        _one_of(self, "raun_similarity", ("pooled", "steps"))
-        if self.initial_steepness <= 0:
-            raise ConfigError(f"initial_steepness: must be > 0, got {self.initial_steepness}")
-        if self.context_widths is not None and self.context_widths <= 0:
-            raise ConfigError(f"context_widths: must be > 0 (event widths on each side), got {self.context_widths}")
-        if self.initial_width is not None and not 0 < self.initial_width < 1:
-            raise ConfigError(f"initial_width: must be in (0, 1) (a fraction of the video), got {self.initial_width}")
         _one_of(self, "lr_schedule", ("cosine", "constant"))
-        if self.hidden_dim % self.heads:
-            raise ConfigError(f"heads: hidden_dim {self.hidden_dim} must be divisible by heads {self.heads}")
-        if self.tau <= 0 or self.learning_rate <= 0:
-            raise ConfigError(f"tau: tau and learning_rate must be > 0, got {self.tau} and {self.learning_rate}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        try:  # the method checks its own settings; its messages start with the field's name
+            self.losses()
+            self.model(video_dim=1, word_dim=1)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def model(self, video_dim: int, word_dim: int):
         """The `ImplicitModelConfig` these settings train, for features of `video_dim` and words of `word_dim`."""
-        from cu_scale.implicit_model import ImplicitModelConfig
+        from cu_scale.method.implicit_model import ImplicitModelConfig  # torch: imported when a model is built
 
-        fields = {f.name for f in dataclasses.fields(ImplicitModelConfig)} - {"video_dim", "word_dim", "offset_code_dim"}
+        fields = {f.name for f in dataclasses.fields(ImplicitModelConfig) if f.default is dataclasses.MISSING} - {"video_dim", "word_dim"}
         return ImplicitModelConfig(video_dim=video_dim, word_dim=word_dim, **{name: getattr(self, name) for name in fields})
 
     def losses(self):
         """The `LossConfig` of Eq. 3–8 these settings train with (its fields carry the same names here)."""
-        from cu_scale.losses import LossConfig
+        from cu_scale.method.losses import LossConfig
 
         return LossConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossConfig)})
 
@@ -257,7 +269,7 @@ class ExplicitConfig:
     trained on the raw single frames 20.45, on ground truth 25.75.
     """
 
-    models: tuple[str, ...] = ("cu_scale.grounding_models:SpanDETR",)  # "module:Class" (cu_scale.grounding_models.GroundingModel)
+    models: tuple[str, ...] = ("cu_scale.method.grounding_models:SpanDETR",)  # "module:Class" (cu_scale.method.grounding_models.GroundingModel)
     label_sources: tuple[str, ...] = ("pseudo",)
     epochs: int = 10
     learning_rate: float = 3e-4
@@ -309,7 +321,7 @@ class RunConfig:
     store: str
     run_dir: str = "runs/default"  # checkpoints, pseudo-labels, predictions and reports of this run
     # A Ray stage that makes no progress for this long stops with an error that says what Ray has pending
-    # (cu_scale.watchdog); raise it where the cluster may take longer to start workers (autoscaling).
+    # (cu_scale.stages.watchdog); raise it where the cluster may take longer to start workers (autoscaling).
     watchdog_seconds: float = 600.0
     prepare: PrepareConfig | None = None  # how `cu-scale run` builds the store; None: the store must exist
     encode: EncodeConfig = EncodeConfig()
@@ -409,6 +421,17 @@ def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunCo
     except ConfigError as error:
         raise ConfigError(f"{path}: batches.{error} (implicit.workers)") from None
     return RunConfig(store=raw["store"], run_dir=raw.get("run_dir", RunConfig.run_dir), watchdog_seconds=float(watchdog), source=source, **built)
+
+
+def demo_config(run_dir: str = "runs/demo", videos: int | None = None, seed: int | None = None, overrides: dict | None = None) -> RunConfig:
+    """What `cu-scale demo` runs: `configs/demo.yaml` of this checkout, with the store and the run under
+    `run_dir`, and `videos`, `seed` and `overrides` (as `--set` gives them) on top."""
+    given = {"store": f"{run_dir}/store", "run_dir": run_dir}
+    if videos is not None:
+        given["prepare.videos"] = videos
+    if seed is not None:
+        given["prepare.seed"] = seed
+    return load_config(DEMO_CONFIG, {**given, **(overrides or {})})
 
 
 # Every field of a run configuration that names a file or directory.

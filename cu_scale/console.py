@@ -5,7 +5,7 @@ Shared by the single-stage commands and `cu-scale run`, so that a stage reads th
 
 from __future__ import annotations
 
-from cu_scale.store import REJECT_REASONS, FeatureStore
+from cu_scale.data.store import REJECT_REASONS, FeatureStore
 
 
 def megabytes(n: float) -> str:

@@ -6,7 +6,7 @@
         python -m jobs.stage encode --config configs/demo.yaml --root /mnt/cu-scale
 
 The job's driver runs in a temporary copy of the working directory, with RAY_ADDRESS set by Ray, so
-`cu_scale.pipeline.start_ray` joins the cluster instead of starting a local Ray: the training code is the
+`cu_scale.ops.pipeline.start_ray` joins the cluster instead of starting a local Ray: the training code is the
 same as the embedded default's. Relative paths of the config are resolved under --root, a directory that
 every node of the cluster sees (`cu_scale.config.resolve_paths`); without it they are refused.
 """
@@ -32,7 +32,7 @@ def start_job(parser: argparse.ArgumentParser, argv: list[str] | None):
     --root) and join the cluster; returns (args, config), or None after printing why the config is refused."""
     from cu_scale.cli import parse_overrides
     from cu_scale.config import ConfigError, load_config, resolve_paths
-    from cu_scale.pipeline import start_ray
+    from cu_scale.ops.pipeline import start_ray
 
     args = parser.parse_args(argv)
     try:

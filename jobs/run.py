@@ -10,11 +10,11 @@ from jobs import job_parser, start_job
 
 def main(argv: list[str] | None = None) -> int:
     from cu_scale.cli import print_results
-    from cu_scale.pipeline import STAGES, Pipeline
+    from cu_scale.ops.pipeline import STAGE_NAMES, Pipeline
 
     parser = job_parser(__doc__)
     parser.prog = "jobs.run"
-    parser.add_argument("--from", dest="start_from", choices=STAGES, help="redo the run from this stage")
+    parser.add_argument("--from", dest="start_from", choices=STAGE_NAMES, help="redo the run from this stage")
     started = start_job(parser, argv)
     if started is None:
         return 2

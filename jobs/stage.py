@@ -11,11 +11,11 @@ from jobs import job_parser, start_job
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cu_scale.pipeline import STAGES, Pipeline
+    from cu_scale.ops.pipeline import STAGE_NAMES, Pipeline
 
     parser = job_parser(__doc__)
     parser.prog = "jobs.stage"
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=STAGE_NAMES)
     started = start_job(parser, argv)
     if started is None:
         return 2

@@ -24,7 +24,7 @@ def local_ray():
 
     # A worker group that cannot start retries forever by default: fail the test instead of hanging CI.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
-    from cu_scale.pipeline import free_port, start_ray
+    from cu_scale.ops.pipeline import free_port, start_ray
 
     # The dashboard serves the state API, through which Ray Train frees the workers of a trial that Tune stops.
     start_ray(num_cpus=2, include_dashboard=True, dashboard_port=free_port(), configure_logging=False)

@@ -1,10 +1,10 @@
-"""Every reader on the real files in ../shared/datasets, and malformed input naming file and line."""
+"""Every reader on the real annotation files, and malformed input naming file and line."""
 
 import json
 
 import pytest
 
-from cu_scale.annotations import (
+from cu_scale.data.annotations import (
     AnnotationError,
     read_activitynet,
     read_charades_classes,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cu_scale.batching import BatchingError, batch_count, plan_batches
+from cu_scale.method.batching import BatchingError, batch_count, plan_batches
 from cu_scale.config import BatchConfig, ConfigError
 
 

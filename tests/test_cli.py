@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cu_scale.cli import main
-from cu_scale.store import FeatureStore
+from cu_scale.config import ConfigError
+from cu_scale.data.store import FeatureStore
 
 SMALL = ["--dv", "16", "--steps", "8", "--quiet"]  # real annotations, small features: fast
 
@@ -105,20 +106,35 @@ def test_glance_and_partial_are_exclusive(datasets, tmp_path):
         main(["prepare", "charades-sta", "--annotations", str(datasets / "charades_sta"), "--glance", "--partial", "uniform", "--simulate", "--out", str(tmp_path / "s")])
 
 
-def test_demo_config_file_matches_what_cu_scale_demo_runs():
+def test_the_demo_runs_the_shipped_demo_config_under_its_own_directory():
     import pathlib
 
-    from cu_scale.config import load_config
-    from cu_scale.demo import demo_config
+    from cu_scale.config import demo_config, load_config
 
     shipped = load_config(pathlib.Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert shipped.store == f"{shipped.run_dir}/store"
-    assert shipped == dataclasses.replace(demo_config(shipped.run_dir), source=shipped.source)
+    demo = demo_config("elsewhere", videos=50, overrides={"explicit.epochs": 3})
+    assert demo.store == "elsewhere/store" and demo.run_dir == "elsewhere"
+    assert demo.prepare == dataclasses.replace(shipped.prepare, videos=50) and demo.explicit == dataclasses.replace(shipped.explicit, epochs=3)
+    assert (demo.implicit, demo.cluster, demo.batches, demo.encode) == (shipped.implicit, shipped.cluster, shipped.batches, shipped.encode)
+
+
+def test_prepare_options_and_a_prepare_section_build_the_same_store_settings():
+    from cu_scale.cli import build_parser, prepare_settings
+    from cu_scale.config import PrepareConfig
+
+    args = build_parser().parse_args(["prepare", "demo", "--out", "s", "--videos", "30"])
+    assert prepare_settings(args) == PrepareConfig(dataset="demo", videos=30)
+    assert PrepareConfig(dataset="demo").max_steps == 32 and PrepareConfig(dataset="demo").feature_dim == 1024
+    args = build_parser().parse_args(["prepare", "charades-sta", "--annotations", "a", "--partial", "clip", "--clip-seconds", "2", "--simulate", "--out", "s", "--strict"])
+    assert prepare_settings(args) == PrepareConfig(dataset="charades-sta", annotations="a", partial="clip", clip_seconds=2.0, strict=True)
+    with pytest.raises(ConfigError, match="cu-scale prepare charades-sta: clip_seconds: partial: clip needs clip_seconds > 0"):
+        prepare_settings(build_parser().parse_args(["prepare", "charades-sta", "--annotations", "a", "--partial", "clip", "--simulate", "--out", "s"]))
 
 
 def test_demo_runs_the_whole_pipeline_and_prints_the_metrics_and_the_report(tmp_path, capsys, local_ray):
     # The demo's own settings, made small with --set (the full demo is what `make demo` runs).
-    small = ["--set", "implicit.epochs=2", "--set", "explicit.epochs=2", "--set", "explicit.label_sources=[pseudo, gt]", "--set", "explicit.models=[cu_scale.grounding_models:SpanDETR]"]
+    small = ["--set", "implicit.epochs=2", "--set", "explicit.epochs=2", "--set", "explicit.label_sources=[pseudo, gt]", "--set", "explicit.models=[cu_scale.method.grounding_models:SpanDETR]"]
     assert main(["demo", "--out", str(tmp_path), "--videos", "40", "--quiet", *small]) == 0
     store = FeatureStore(tmp_path / "store")
     assert store.manifest["dataset"] == "demo" and store.manifest["counts"]["videos"] == 40

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cu_scale.cli import main
-from cu_scale.clustering import COUNTS_FILE, ClusteringError, clusters_dir, read_assignments, train_kmeans, trainable_counts
+from cu_scale.stages.clustering import COUNTS_FILE, ClusteringError, clusters_dir, read_assignments, train_kmeans, trainable_counts
 from cu_scale.config import ClusterConfig, load_config
-from cu_scale.store import FeatureStore
+from cu_scale.data.store import FeatureStore
 
 
 def _blobs(n_per=50, k=4, dim=16, seed=0):

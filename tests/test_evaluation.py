@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from cu_scale.cli import main
-from cu_scale.evaluation import PredictionsError, evaluate_predictions, prediction_record, read_predictions, write_predictions
+from cu_scale.evaluation.predictions import PredictionsError, evaluate_predictions, prediction_record, read_predictions, write_predictions
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_predictions.jsonl"
 

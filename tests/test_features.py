@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cu_scale.features import H5Features, NpyDirectoryFeatures, open_features, pad_with_mask, resample
+from cu_scale.data.features import H5Features, NpyDirectoryFeatures, open_features, pad_with_mask, resample
 
 
 def test_resample_average_pools_into_equal_spans():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cu_scale.grounding_models import BoundaryRegressor, GroundingOutput, SpanDETR, span_iou
+from cu_scale.method.grounding_models import BoundaryRegressor, GroundingOutput, SpanDETR, span_iou
 
 
 def test_span_iou_and_generalised_iou_by_hand():

@@ -15,9 +15,9 @@ import torch
 
 from cu_scale.cli import main
 from cu_scale.config import load_config
-from cu_scale.implicit import load_implicit_model, train_implicit
-from cu_scale.training import CHECKPOINT_META, checkpoint_meta, latest_checkpoint
-from cu_scale.store import FeatureStore
+from cu_scale.stages.implicit import load_implicit_model, train_implicit
+from cu_scale.stages.training import CHECKPOINT_META, checkpoint_meta, latest_checkpoint
+from cu_scale.data.store import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny_run, tmp_pat
 
 
 def test_ablate_prints_table_ii_rows_and_reuses_finished_rows(tiny_run, capsys):
-    from cu_scale.ablation import ROWS, format_table
+    from cu_scale.ops.ablation import ROWS, format_table
 
     root, config_path = tiny_run
     assert main(["ablate", str(config_path), "--rows", "A1,A5", "--set", "implicit.epochs=1"]) == 0

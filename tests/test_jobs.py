@@ -27,7 +27,7 @@ BIN = pathlib.Path(sys.executable).parent
 TINY = [
     "prepare.videos=40", "prepare.steps=16", "prepare.feature_dim=64", "cluster.k=4", "batches.batch_size=16", "batches.clusters_per_batch=2",
     "implicit.epochs=1", "implicit.hidden_dim=32", "implicit.heads=2",
-    "explicit.models=[cu_scale.grounding_models:BoundaryRegressor]", "explicit.label_sources=[pseudo]", "explicit.epochs=1",
+    "explicit.models=[cu_scale.method.grounding_models:BoundaryRegressor]", "explicit.label_sources=[pseudo]", "explicit.epochs=1",
     "explicit.batch_size=16", "explicit.hidden_dim=32", "explicit.heads=2", "explicit.layers=1",
 ]
 

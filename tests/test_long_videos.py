@@ -2,7 +2,7 @@
 length of the moments they find. Trained through the real stage (Ray Train + DeepSpeed, a local Ray)."""
 
 from cu_scale.cli import main
-from cu_scale.pseudo_labels import pseudo_label_shape
+from cu_scale.stages.pseudo_labels import pseudo_label_shape
 
 
 def test_events_on_long_videos_stay_within_a_factor_two_of_the_moments(tmp_path, local_ray):

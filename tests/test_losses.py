@@ -1,13 +1,14 @@
 """Every equation of the implicit stage against a hand-computed value on a tiny case (paper Eq. 1–8)."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from cu_scale.implicit_model import ImplicitModel, ImplicitModelConfig, plateau_mask, pool_clip, pool_event, step_centres
-from cu_scale.losses import (
-    LossConfig,
+from cu_scale.config import ImplicitConfig
+from cu_scale.method.implicit_model import ImplicitModel, plateau_mask, pool_clip, pool_event, step_centres
+from cu_scale.method.losses import (
     centred_units,
     grounding_loss,
     implicit_loss,
@@ -18,6 +19,21 @@ from cu_scale.losses import (
     same_cluster,
     step_pair_similarity,
 )
+
+# The settings these tests compute by hand: the paper's reading (κ 30 per video, Eq. 2 over the whole video,
+# L_raun between pooled features, λ 1, one worker), changed per test. A run builds both objects the same way.
+PAPER_READING = ImplicitConfig(
+    steepness_unit="video", initial_steepness=30.0, context_widths=None, lam=1.0, raun_similarity="pooled", gather_across_workers=False, dropout=0.0
+)
+
+
+def LossConfig(**changes):
+    return dataclasses.replace(PAPER_READING.losses(), **changes)
+
+
+def ImplicitModelConfig(video_dim: int, word_dim: int, **changes):
+    return dataclasses.replace(PAPER_READING.model(video_dim, word_dim), **changes)
+
 
 sigmoid = lambda x: 1 / (1 + math.exp(-x))
 
@@ -193,7 +209,7 @@ def test_representation_pair_swaps_the_inter_sample_features():
     assert video["erml"] != pytest.approx(event["erml"])
     with pytest.raises(ValueError, match="needs the partial clip"):
         _terms(LossConfig(representation="clip"))
-    with pytest.raises(ValueError, match="representation must be one of"):
+    with pytest.raises(ValueError, match="representation: must be one of"):
         LossConfig(representation="frame")
 
 
@@ -219,7 +235,7 @@ def test_only_unimodal_contrast_features_are_blind_to_the_query(contrast_feature
     # v_vd pools every step with weight 1: it changes with the query only if the steps have seen the query.
     assert torch.allclose(one.v_vd, other.v_vd) == query_blind
     assert not torch.allclose(one.start, other.start)  # the detector reads the fused features either way
-    with pytest.raises(ValueError, match="contrast_features must be one of"):
+    with pytest.raises(ValueError, match="contrast_features: must be one of"):
         ImplicitModelConfig(video_dim=1, word_dim=1, contrast_features="both")
 
 
@@ -301,7 +317,7 @@ def test_steepness_per_feature_step_scales_with_the_valid_steps():
         expected = plateau_mask(out.centres[row : row + 1], out.start[row : row + 1], out.end[row : row + 1], torch.tensor(kappa), valid[row : row + 1])
         assert torch.allclose(out.mask[row], expected[0], atol=1e-6)
     assert torch.allclose(same_weights.start, out.start)  # the unit changes the mask only
-    with pytest.raises(ValueError, match="steepness_unit must be one of"):
+    with pytest.raises(ValueError, match="steepness_unit: must be one of"):
         ImplicitModelConfig(video_dim=1, word_dim=1, steepness_unit="second")
 
 

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from cu_scale.monitoring import TrainingMonitor, training_monitor_settings
+from cu_scale.stages.monitoring import TrainingMonitor, training_monitor_settings
 
 
 def _scalars(event_file) -> dict[str, list[tuple[int, float]]]:

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from cu_scale.partial_labels import (
+from cu_scale.data.partial_labels import (
     PartialLabelSpec,
     assign_partial_labels,
     sample_clip,
     sample_single_frame_gaussian,
     sample_single_frame_uniform,
 )
-from cu_scale.records import Sample
+from cu_scale.data.records import Sample
 
 N = 200_000
 

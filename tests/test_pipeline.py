@@ -9,9 +9,9 @@ import pytest
 
 from cu_scale.cli import main
 from cu_scale.config import load_config
-from cu_scale.explicit import model_class
-from cu_scale.pipeline import STAGES
-from cu_scale.store import FeatureStore
+from cu_scale.stages.explicit import model_class
+from cu_scale.ops.pipeline import STAGE_NAMES
+from cu_scale.data.store import FeatureStore
 
 TINY = """
 store: {root}/store
@@ -20,7 +20,7 @@ prepare: {{dataset: demo, videos: 40, steps: 16, feature_dim: 64}}
 cluster: {{k: 4, memberships: 2}}
 batches: {{batch_size: 16, clusters_per_batch: 2}}
 implicit: {{epochs: 1, hidden_dim: 32, heads: 2}}
-explicit: {{models: [cu_scale.grounding_models:BoundaryRegressor], label_sources: [pseudo], epochs: 1, batch_size: 16, hidden_dim: 32, heads: 2, layers: 1}}
+explicit: {{models: [cu_scale.method.grounding_models:BoundaryRegressor], label_sources: [pseudo], epochs: 1, batch_size: 16, hidden_dim: 32, heads: 2, layers: 1}}
 """
 
 
@@ -33,9 +33,9 @@ def tiny_pipeline(tmp_path_factory, local_ray):
     root = tmp_path_factory.mktemp("pipeline")
     config = root / "run.yaml"
     config.write_text(TINY.format(root=root))
-    from cu_scale.pipeline import Pipeline
+    from cu_scale.ops.pipeline import Pipeline
 
-    from cu_scale.encode import encode_store
+    from cu_scale.stages.encode import encode_store
 
     loaded = load_config(config)
     Pipeline(loaded, progress=False).run_stage("prepare")  # the store every test here reads
@@ -48,7 +48,7 @@ def test_run_writes_every_artifact_then_skips_resumes_and_redoes(tiny_pipeline, 
     run = root / "run"
     assert main(["run", str(config), "--quiet"]) == 0
     out = capsys.readouterr().out
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         assert json.loads((run / "stages" / f"{stage}.json").read_text())["stage"] == stage
     assert (run / "pseudo_labels" / "part-00000.parquet").is_file()  # one file per store shard
     predictions = run / "predictions" / "BoundaryRegressor-pseudo.jsonl"
@@ -72,12 +72,12 @@ def test_run_writes_every_artifact_then_skips_resumes_and_redoes(tiny_pipeline, 
     implicit_before, explicit_before = _checkpoints(run / "implicit"), _checkpoints(run / "explicit" / "BoundaryRegressor-pseudo")
     assert main(["run", str(config), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert all(f"✓ {stage}" in out for stage in STAGES)
+    assert all(f"✓ {stage}" in out for stage in STAGE_NAMES)
     assert _checkpoints(run / "implicit") == implicit_before
     # How many actors a stage uses does not change its results: a finished stage stays finished.
     assert main(["run", str(config), "--quiet", "--set", "encode.actors=2"]) == 0
     out = capsys.readouterr().out
-    assert all(f"✓ {stage}" in out for stage in STAGES)
+    assert all(f"✓ {stage}" in out for stage in STAGE_NAMES)
 
     # --from explicit redoes the explicit stage and what follows, and leaves the implicit stage alone.
     assert main(["run", str(config), "--quiet", "--from", "explicit"]) == 0
@@ -109,12 +109,12 @@ def test_run_writes_every_artifact_then_skips_resumes_and_redoes(tiny_pipeline, 
 
 @pytest.mark.parametrize("model", ["BoundaryRegressor", "SpanDETR"])
 def test_each_explicit_model_overfits_a_tiny_store_with_ray_train_and_deepspeed(tiny_pipeline, model, tmp_path, capsys):
-    from cu_scale.pipeline import Pipeline
+    from cu_scale.ops.pipeline import Pipeline
 
     root, config_path = tiny_pipeline
     overrides = {
         "run_dir": str(tmp_path),
-        "explicit.models": [f"cu_scale.grounding_models:{model}"],
+        "explicit.models": [f"cu_scale.method.grounding_models:{model}"],
         "explicit.label_sources": ["gt"],
         "explicit.epochs": 80,
         "explicit.batch_size": 8,
@@ -136,10 +136,11 @@ def test_each_explicit_model_overfits_a_tiny_store_with_ray_train_and_deepspeed(
 
 
 def test_a_model_class_is_named_in_the_config():
-    from cu_scale.grounding_models import SpanDETR
+    from cu_scale.method.grounding_models import SpanDETR
 
-    assert model_class("cu_scale.grounding_models:SpanDETR") is SpanDETR
+    assert model_class("cu_scale.method.grounding_models:SpanDETR") is SpanDETR
+    assert model_class("cu_scale.grounding_models:SpanDETR") is SpanDETR  # the path configs and checkpoints used before
     with pytest.raises(ValueError, match="explicit.models: cannot import 'no_such_package'"):
         model_class("no_such_package:Model")
-    with pytest.raises(ValueError, match="explicit.models: cu_scale.grounding_models has no class 'Nope'"):
-        model_class("cu_scale.grounding_models:Nope")
+    with pytest.raises(ValueError, match="explicit.models: cu_scale.method.grounding_models has no class 'Nope'"):
+        model_class("cu_scale.method.grounding_models:Nope")

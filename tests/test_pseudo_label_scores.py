@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cu_scale.pseudo_labels import OUTPUT_COLUMNS, LengthHistogram, describe_shape, pseudo_label_shape, pseudo_label_warning, score_pseudo_labels
+from cu_scale.stages.pseudo_labels import OUTPUT_COLUMNS, LengthHistogram, describe_shape, pseudo_label_shape, pseudo_label_warning, score_pseudo_labels
 
 
 def _write(directory, part, rows):

@@ -10,10 +10,10 @@ import pytest
 
 from cu_scale.cli import main
 from cu_scale.config import ConfigError, load_config
-from cu_scale.streams import validation_videos
-from cu_scale.relabel import label_spec, relabel_store
-from cu_scale.search import load_search
-from cu_scale.store import FeatureStore
+from cu_scale.stages.streams import validation_videos
+from cu_scale.ops.relabel import label_spec, relabel_store
+from cu_scale.ops.search import load_search
+from cu_scale.data.store import FeatureStore
 
 TINY = """
 store: {root}/store
@@ -82,7 +82,7 @@ def test_the_validation_part_is_whole_videos_drawn_by_a_seeded_hash():
 
 
 def test_a_relabelled_store_redraws_only_the_labels_and_shares_the_features(tmp_path, tiny, local_ray):
-    from cu_scale.pipeline import Pipeline
+    from cu_scale.ops.pipeline import Pipeline
 
     config = load_config(tiny[1])
     Pipeline(config, progress=False).run_stage("prepare")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cu_scale.demo import generate_demo_corpus
-from cu_scale.records import Event, Sample, Video
-from cu_scale.simulator import FeatureSimulator, SimulatorSettings, content_words, events_from_moments
+from cu_scale.data.demo import generate_demo_corpus
+from cu_scale.data.records import Event, Sample, Video
+from cu_scale.data.simulator import FeatureSimulator, SimulatorSettings, content_words, events_from_moments
 
 SETTINGS = SimulatorSettings(feature_dim=64, max_steps=40, steps_per_second=2.0, noise=0.1)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cu_scale.records import Sample
-from cu_scale.store import (
+from cu_scale.data.records import Sample
+from cu_scale.data.store import (
     REJECT_REASONS,
     FeatureStore,
     LabelPolicy,
@@ -57,7 +57,7 @@ def test_round_trip_keeps_every_value(tmp_path):
     read_videos = {}
     read_samples = {}
     for video_table, sample_table in store.iter_shards():
-        from cu_scale.store import features_from_column
+        from cu_scale.data.store import features_from_column
 
         for vid, duration, steps, feats in zip(
             video_table.column("video_id").to_pylist(),

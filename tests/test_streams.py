@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from cu_scale.cli import main
-from cu_scale.clustering import clusters_dir, read_assignments, trainable_counts
+from cu_scale.stages.clustering import clusters_dir, read_assignments, trainable_counts
 from cu_scale.config import ConfigError, EncodeConfig, load_config
-from cu_scale.encode import WORDS_DIR, check_encoder, read_words
-from cu_scale.store import FeatureStore
-from cu_scale.streams import (
+from cu_scale.stages.encode import WORDS_DIR, check_encoder, read_words
+from cu_scale.data.store import FeatureStore
+from cu_scale.stages.streams import (
     KEY_BITS,
     STREAM_BASE_BLOCKS,
     STREAM_BLOCK_BYTES,
@@ -28,7 +28,7 @@ from cu_scale.streams import (
     labelled_counts,
     window_shards,
 )
-from cu_scale.text_encoder import QueryEncoder
+from cu_scale.method.text_encoder import QueryEncoder
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_the_implicit_stream_is_whole_batches_of_n_clusters_that_cover_the_epoch
 def test_a_group_of_one_iterates_a_short_epoch_itself_and_splits_a_long_one(store):
     import ray
 
-    from cu_scale.training import DIRECT_STEPS, split_stream
+    from cu_scale.stages.training import DIRECT_STEPS, split_stream
 
     store, config, layout = store
     counts = trainable_counts(store, config.cluster)
@@ -196,8 +196,8 @@ def test_inference_batches_are_one_row_per_sample_of_the_split(store):
 
 
 def test_a_training_worker_leaves_the_window_tasks_cpus_out_of_its_torch_threads(local_ray):
-    from cu_scale.resources import READ_TASK_CPUS, training_group
-    from cu_scale.streams import WINDOW_TASKS
+    from cu_scale.stages.resources import READ_TASK_CPUS, training_group
+    from cu_scale.stages.streams import WINDOW_TASKS
 
     cpus = local_ray.cluster_resources()["CPU"]
     assert cpus == 2 and WINDOW_TASKS * READ_TASK_CPUS == 1.0

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cu_scale.text_encoder import GloveWordEncoder, QueryEncoder, tokenize_words
+from cu_scale.method.text_encoder import GloveWordEncoder, QueryEncoder, tokenize_words
 
 QUERIES = ["a person opens the door.", "someone closes a book", "person eating", "a person opens a door"]
 

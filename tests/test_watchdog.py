@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from cu_scale.watchdog import StageStalled, run_watched
+from cu_scale.stages.watchdog import StageStalled, run_watched
 
 
 def test_a_stage_that_cannot_be_scheduled_stops_and_says_what_it_waits_for(local_ray):
