@@ -1,10 +1,11 @@
-# Two entry points for a fresh clone (see README): `make demo` and `make test`.
+# Two entry points for a fresh clone (see README): `make demo` and `make test`; `make test-fast` runs the
+# tests that need no Ray (the method, the data, the configs, the manifests) in a few minutes.
 # Both create or refresh the local virtual environment .venv first.
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv
+.PHONY: demo test test-fast venv
 
 venv: $(STAMP)
 
@@ -23,3 +24,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not ray"

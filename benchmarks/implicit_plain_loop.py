@@ -17,7 +17,6 @@ where the stage takes an hour); what a setting gives is then measured with the s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import time
 

@@ -15,7 +15,7 @@ taken from the directory the command runs in.
 
 The settings of the method (`cu_scale.method.losses.LossConfig`, `cu_scale.method.implicit_model.ImplicitModelConfig`)
 have no defaults of their own: `ImplicitConfig.losses()` and `.model()` build them, so each setting has one
-default, here. The demo's settings are the file `configs/demo.yaml` of this checkout (`demo_config`).
+default, here. The demo's settings are the file `demo.yaml` beside this module (`demo_config`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ DATASETS = ("demo", "charades-sta", "activitynet")
 # T, the most feature steps a video keeps, when `prepare.steps` is not given: about two steps a second
 # on Charades-STA's 30-second videos, one on the demo's, one every second or so on ActivityNet's minutes.
 DEFAULT_STEPS = {"demo": 32, "charades-sta": 64, "activitynet": 128}
-DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# The demo's settings ship inside the package (configs/demo.yaml in a checkout is a link to it), so that
+# `cu-scale demo` works from an installed wheel too.
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "demo.yaml"
 LABEL_SOURCES = ("pseudo", "gt", "partial")
 
 
@@ -424,7 +426,7 @@ def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunCo
 
 
 def demo_config(run_dir: str = "runs/demo", videos: int | None = None, seed: int | None = None, overrides: dict | None = None) -> RunConfig:
-    """What `cu-scale demo` runs: `configs/demo.yaml` of this checkout, with the store and the run under
+    """What `cu-scale demo` runs: `demo.yaml` (configs/demo.yaml in a checkout), with the store and the run under
     `run_dir`, and `videos`, `seed` and `overrides` (as `--set` gives them) on top."""
     given = {"store": f"{run_dir}/store", "run_dir": run_dir}
     if videos is not None:

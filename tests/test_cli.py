@@ -132,16 +132,15 @@ def test_prepare_options_and_a_prepare_section_build_the_same_store_settings():
         prepare_settings(build_parser().parse_args(["prepare", "charades-sta", "--annotations", "a", "--partial", "clip", "--simulate", "--out", "s"]))
 
 
-def test_demo_runs_the_whole_pipeline_and_prints_the_metrics_and_the_report(tmp_path, capsys, local_ray):
-    # The demo's own settings, made small with --set (the full demo is what `make demo` runs).
-    small = ["--set", "implicit.epochs=2", "--set", "explicit.epochs=2", "--set", "explicit.label_sources=[pseudo, gt]", "--set", "explicit.models=[cu_scale.method.grounding_models:SpanDETR]"]
-    assert main(["demo", "--out", str(tmp_path), "--videos", "40", "--quiet", *small]) == 0
-    store = FeatureStore(tmp_path / "store")
+def test_demo_runs_the_whole_pipeline_and_prints_the_metrics_and_the_report(tiny_run, capsys):
+    # The shared tiny run is `cu-scale demo` with the demo's own settings made small with --set.
+    store = FeatureStore(tiny_run.store)
     assert store.manifest["dataset"] == "demo" and store.manifest["counts"]["videos"] == 40
-    out = capsys.readouterr().out
-    assert "implicit     2 epoch(s) on 1 worker(s)" in out and "pseudo-label 62 training samples" in out
-    assert "test split: explicit models" in out and "SpanDETR-pseudo" in out and "SpanDETR-gt" in out
-    assert f"report       {tmp_path / 'report.md'}" in out and "demo ready" in out
-    assert (tmp_path / "plots" / "timeline.png").is_file()
-    assert main(["store", "info", str(tmp_path / "store"), "--json"]) == 0
+    out = tiny_run.printed
+    training = store.manifest["counts"]["splits"]["train"]["samples"]
+    assert "implicit     1 epoch(s) on 1 worker(s)" in out and f"pseudo-label {training} training samples" in out
+    assert "test split: explicit models" in out and "BoundaryRegressor-pseudo" in out
+    assert f"report       {tiny_run.root / 'report.md'}" in out and "demo ready" in out
+    assert (tiny_run.root / "plots" / "timeline.png").is_file()
+    assert main(["store", "info", str(tiny_run.store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["schema_version"] == 1

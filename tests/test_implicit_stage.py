@@ -1,5 +1,6 @@
-"""The implicit stage end to end on a tiny demo store through a real local Ray: Ray Train + DeepSpeed
-training, checkpoints and resume, a killed worker restarted from its checkpoint, pseudo-labels."""
+"""The implicit stage end to end on the shared tiny run's store through a real local Ray: Ray Train +
+DeepSpeed training on one and two workers, checkpoints and resume, a killed worker restarted from its
+checkpoint, pseudo-labels, the loss ablation."""
 
 import json
 import os
@@ -21,15 +22,14 @@ from cu_scale.data.store import FeatureStore
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, local_ray):
+def tiny(tiny_run, tmp_path_factory):
+    """A run of its own on the shared tiny run's store (prepared, encoded, clustered with K 4, m 2)."""
     root = tmp_path_factory.mktemp("implicit")
-    assert main(["prepare", "demo", "--out", str(root / "store"), "--videos", "60", "--steps", "16", "--quiet"]) == 0
     config = root / "run.yaml"
     config.write_text(
-        f"store: {root / 'store'}\nrun_dir: {root / 'run'}\ncluster: {{k: 4, memberships: 2}}\n"
+        f"store: {tiny_run.store}\nrun_dir: {root / 'run'}\ncluster: {{k: 4, memberships: 2}}\n"
         "batches: {batch_size: 16, clusters_per_batch: 2}\nimplicit: {epochs: 2, hidden_dim: 32, heads: 2}\n"
     )
-    assert main(["encode", str(config), "--quiet"]) == 0 and main(["cluster", str(config)]) == 0
     return root, config
 
 
@@ -37,8 +37,8 @@ def _epoch_of(checkpoint: pathlib.Path) -> int:
     return json.loads((checkpoint / CHECKPOINT_META).read_text())["epoch"]
 
 
-def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
-    root, config_path = tiny_run
+def test_train_report_checkpoint_resume_and_pseudo_label(tiny, capsys):
+    root, config_path = tiny
     started = time.perf_counter()
     warmup = ["--set", "implicit.raun_warmup_epochs=1"]  # L_raun joins in the second epoch
     assert main(["implicit", str(config_path), *warmup]) == 0
@@ -61,7 +61,7 @@ def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
     assert main(["pseudo-label", str(config_path), "--set", "encode.actors=2", "--set", "watchdog_seconds=60"]) == 0
     out = capsys.readouterr().out
     table = pq.read_table(root / "run" / "pseudo_labels").to_pydict()  # one file per store shard
-    store = FeatureStore(root / "store")
+    store = FeatureStore(load_config(config_path).store)
     assert len(table["sample_id"]) == store.manifest["counts"]["splits"]["train"]["samples"]
     assert all(0 <= s <= e <= d + 1e-4 for s, e, d in zip(table["pseudo_start"], table["pseudo_end"], table["duration"]))
     assert "pseudo-labels" in out and "partial label as is" in out and "partial widened to mean length" in out
@@ -78,10 +78,10 @@ def test_train_report_checkpoint_resume_and_pseudo_label(tiny_run, capsys):
     assert isinstance(load_implicit_model(latest_checkpoint(root / "run" / "implicit")), torch.nn.Module)
 
 
-def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny_run, tmp_path):
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny, tmp_path):
     import psutil
 
-    root, config_path = tiny_run
+    root, config_path = tiny
     config = load_config(config_path, {"implicit.epochs": 16})
     result = {}
     thread = threading.Thread(
@@ -108,31 +108,37 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny_run, tmp_pat
     assert _epoch_of(latest_checkpoint(tmp_path / "implicit")) == 15
 
 
-def test_ablate_prints_table_ii_rows_and_reuses_finished_rows(tiny_run, capsys):
+def test_ablate_prints_table_ii_rows_and_reuses_finished_rows(tiny, capsys):
     from cu_scale.ops.ablation import ROWS, format_table
 
-    root, config_path = tiny_run
-    assert main(["ablate", str(config_path), "--rows", "A1,A5", "--set", "implicit.epochs=1"]) == 0
+    root, config_path = tiny
+    assert main(["ablate", str(config_path), "--rows", "A5", "--set", "implicit.epochs=1"]) == 0
     out = capsys.readouterr().out
-    a1 = next(line for line in out.splitlines() if line.startswith("A1 "))
     a5 = next(line for line in out.splitlines() if line.startswith("A5 "))
-    assert a1.count("✓") == 1 and a5.count("✓") == 2
-    metrics = json.loads((root / "run" / "ablation" / "A5" / "pseudo_label_metrics.json").read_text())
+    assert a5.count("✓") == 2
+    # Each row is a run of its own, its stages recorded like every run's.
+    row = root / "run" / "ablation" / "A5"
+    metrics = json.loads((row / "stages" / "pseudo-label.json").read_text())["summary"]["metrics"]["pseudo-labels"]
     assert set(metrics) == {"R@0.3", "R@0.5", "R@0.7", "mIoU"}
     assert f"{metrics['mIoU']:.2f}" in a5
+    implicit = json.loads((row / "stages" / "implicit.json").read_text())["settings"]["implicit"]
+    assert (implicit["use_raml"], implicit["use_raun"], implicit["use_erml"], implicit["use_erun"]) == (True, False, False, True)
 
     # A finished row is read back, not trained again: no new checkpoint appears.
-    before = sorted((root / "run" / "ablation" / "A1" / "implicit").glob("checkpoint_2*"))
-    assert main(["ablate", str(config_path), "--rows", "A1", "--set", "implicit.epochs=1"]) == 0
-    assert sorted((root / "run" / "ablation" / "A1" / "implicit").glob("checkpoint_2*")) == before
+    before = sorted((row / "implicit").glob("checkpoint_2*"))
+    assert main(["ablate", str(config_path), "--rows", "A5", "--set", "implicit.epochs=1"]) == 0
+    assert "✓ implicit" in capsys.readouterr().out
+    assert sorted((row / "implicit").glob("checkpoint_2*")) == before
+    # (A row whose settings changed is redone: `redo_changed`, tests/test_pipeline.py.)
     assert main(["ablate", str(config_path), "--rows", "A9"]) == 2
     assert "unknown ablation row 'A9'" in capsys.readouterr().err
-    # The layout of paper Table II: A6 keeps all four losses.
-    assert format_table({"A6": metrics}).splitlines()[1].count("✓") == len(ROWS["A6"]) == 4
+    # The layout of paper Table II: one ✓ per loss a row keeps.
+    table = format_table({"A1": metrics, "A6": metrics}).splitlines()
+    assert table[1].count("✓") == len(ROWS["A1"]) == 1 and table[2].count("✓") == len(ROWS["A6"]) == 4
 
 
-def test_two_workers_run_the_same_loop_and_contrast_across_their_batches(tiny_run, tmp_path, capsys):
-    root, config_path = tiny_run
+def test_two_workers_run_the_same_loop_and_contrast_across_their_batches(tiny, tmp_path, capsys):
+    root, config_path = tiny
     overrides = ["--set", "implicit.workers=2", "--set", "implicit.epochs=1", "--set", f"run_dir={tmp_path}"]
     assert main(["implicit", str(config_path), "--quiet", *overrides]) == 0
     assert "implicit     1 epoch(s) on 2 worker(s)" in capsys.readouterr().out

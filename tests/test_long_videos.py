@@ -7,11 +7,13 @@ from cu_scale.stages.pseudo_labels import pseudo_label_shape
 
 def test_events_on_long_videos_stay_within_a_factor_two_of_the_moments(tmp_path, local_ray):
     store, run = tmp_path / "store", tmp_path / "run"
-    assert main(["prepare", "demo", "--world", "long", "--out", str(store), "--videos", "400", "--steps", "128", "--quiet"]) == 0
+    assert main(["prepare", "demo", "--world", "long", "--out", str(store), "--videos", "250", "--steps", "128", "--dv", "256", "--quiet"]) == 0
     config = tmp_path / "run.yaml"
     config.write_text(
         f"store: {store}\nrun_dir: {run}\ncluster: {{k: 16, memberships: 2}}\nbatches: {{batch_size: 64, clusters_per_batch: 8}}\n"
-        "implicit: {epochs: 16, hidden_dim: 64}\n"  # the default scale settings; the paper's reading gives events under half the moments here
+        # The default scale settings. 8 epochs: the events settle by the fifth (mean event length by epoch,
+        # a fraction of the video: 0.40 0.24 0.14 0.08 0.050 0.046 0.048 0.047; median event 11.3 s, moments 10.9 s).
+        "implicit: {epochs: 8, hidden_dim: 64}\n"
     )
     for command in (["encode", str(config), "--quiet"], ["cluster", str(config)], ["implicit", str(config), "--quiet"], ["pseudo-label", str(config)]):
         assert main(command) == 0, command

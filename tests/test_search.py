@@ -15,10 +15,10 @@ from cu_scale.ops.relabel import label_spec, relabel_store
 from cu_scale.ops.search import load_search
 from cu_scale.data.store import FeatureStore
 
+# A run on the shared tiny run's store (prepared, encoded, clustered with K 4).
 TINY = """
-store: {root}/store
+store: {store}
 run_dir: {root}/run
-prepare: {{dataset: demo, videos: 40, steps: 16, feature_dim: 64}}
 cluster: {{k: 4, memberships: 2}}
 batches: {{batch_size: 16, clusters_per_batch: 2}}
 implicit: {{epochs: 1, hidden_dim: 32, heads: 2}}
@@ -38,10 +38,19 @@ space:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def config_only(tmp_path_factory):
+    """The same settings on a store that need not exist: what validating a search file reads."""
+    root = tmp_path_factory.mktemp("search-config")
+    config = root / "run.yaml"
+    config.write_text(TINY.format(store=root / "store", root=root))
+    return root, config
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     config = root / "run.yaml"
-    config.write_text(TINY.format(root=root))
+    config.write_text(TINY.format(store=tiny_run.store, root=root))
     return root, config
 
 
@@ -53,7 +62,8 @@ def _search_error(tmp_path, tiny, text: str) -> str:
     return str(error.value)
 
 
-def test_a_search_file_is_validated_against_the_config_and_names_the_field(tmp_path, tiny):
+def test_a_search_file_is_validated_against_the_config_and_names_the_field(tmp_path, config_only):
+    tiny = config_only
     assert "trails: unknown field" in _search_error(tmp_path, tiny, "trails: 2\nspace: {implicit.tau: {choice: [0.1]}}")
     assert "space.implicit.lamda" in _search_error(tmp_path, tiny, "space: {implicit.lamda: {uniform: [0.1, 1]}}")
     assert "space.implicit.tau" in _search_error(tmp_path, tiny, "space: {implicit.tau: {choice: [0.1, 0]}}")  # τ must be > 0

@@ -1,1 +1,1 @@
-
+"""Scores: R@IoU and mIoU, and the predictions file format. numpy only."""

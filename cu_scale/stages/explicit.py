@@ -52,7 +52,7 @@ def worker_loop(config: dict):
     """Runs on every Ray Train worker; `config` is a plain dict (see `train_explicit`)."""
     from cu_scale.stages.monitoring import TrainingMonitor
     from cu_scale.stages.streams import EpochPlan, StoreLayout, explicit_stream
-    from cu_scale.stages.training import StepClock, deepspeed_engine, epoch_batches, resume, save_and_report, worker_setup
+    from cu_scale.stages.training import StepClock, deepspeed_engine, epoch_batches, resume, save_and_report, train_epoch, worker_setup
 
     settings = ExplicitConfig(**config["explicit"])
     layout = StoreLayout(**config["layout"])
@@ -74,27 +74,15 @@ def worker_loop(config: dict):
     def stream(epoch: int):
         return epoch_batches(lambda: explicit_stream(layout, config["source"], config["pseudo_labels"], batch_size, settings.seed, plans[epoch], settings.attend_to_partial), rank, world_size, device, plans[epoch].steps)
 
+    def loss_of(batch):
+        out = engine(batch["features"].float(), batch["mask"], batch["words"].float(), batch["words_valid"])
+        total, terms = model.loss(out, batch["target_start"], batch["target_end"], batch["inside_start"], batch["inside_end"])
+        return total, terms, len(batch["target_start"])
+
     upcoming = stream(first_epoch) if first_epoch < settings.epochs else None
     for epoch in range(first_epoch, settings.epochs):
-        plan, batches = plans[epoch], upcoming
-        clock.mark("stream")
-        model.train()
-        clock.epoch()
-        sums: dict[str, float] = {}
-        steps = 0
-        for batch in batches:
-            out = engine(batch["features"].float(), batch["mask"], batch["words"].float(), batch["words_valid"])
-            total, terms = model.loss(out, batch["target_start"], batch["target_end"], batch["inside_start"], batch["inside_end"])
-            engine.backward(total)
-            engine.step()
-            clock.step()
-            monitor.step(len(batch["target_start"]))
-            steps += 1
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value
-        if steps != plan.steps:
-            raise RuntimeError(f"epoch {epoch}: worker {rank} received {steps} batches, {plan.steps} were planned")
-        metrics = {f"loss_{name}": value / max(steps, 1) for name, value in sums.items()}
+        means, steps = train_epoch(engine, upcoming, loss_of, model=model, clock=clock, monitor=monitor, epoch=epoch, rank=rank, planned_steps=plans[epoch].steps)
+        metrics = {f"loss_{name}": value for name, value in means.items()}
         metrics.update(
             epoch=epoch, steps=steps, learning_rate=float(engine.get_lr()[0]), samples=config["samples"], unlabelled=config["unlabelled"],
             resumed_from_epoch=first_epoch, **clock.metrics(),

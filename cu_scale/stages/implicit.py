@@ -70,7 +70,7 @@ def worker_loop(config: dict):
     from cu_scale.method.implicit_step import epoch_losses, implicit_step
     from cu_scale.stages.monitoring import TrainingMonitor
     from cu_scale.stages.streams import EpochPlan, StoreLayout, implicit_stream, inference_dataset
-    from cu_scale.stages.training import StepClock, deepspeed_engine, epoch_batches, resume, save_and_report, split_stream, worker_setup
+    from cu_scale.stages.training import StepClock, deepspeed_engine, epoch_batches, resume, save_and_report, split_stream, train_epoch, worker_setup
 
     settings = ImplicitConfig(**config["implicit"])
     per_worker = BatchConfig(**config["batches"])
@@ -100,26 +100,16 @@ def worker_loop(config: dict):
 
     upcoming = stream(first_epoch) if first_epoch < settings.epochs else None
     for epoch in range(first_epoch, settings.epochs):
-        plan, batches = plans[epoch], upcoming
-        clock.mark("stream")
-        model.train()
-        clock.epoch()
-        sums: dict[str, float] = {}
-        steps = 0
-        for batch in batches:
-            total, terms = implicit_step(engine, batch, epoch_losses(losses, epoch, settings.raun_warmup_epochs), rank, world_size)
-            engine.backward(total)
-            engine.step()
-            clock.step()
-            monitor.step(len(batch["anchor"]))
-            steps += 1
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value
-            if steps == max_steps:
-                break
-        if max_steps is None and steps != plan.steps:
-            raise RuntimeError(f"epoch {epoch}: worker {rank} received {steps} batches, {plan.steps} were planned")
-        metrics = {(name if name == "event_width" else f"loss_{name}"): value / max(steps, 1) for name, value in sums.items()}
+        epoch_settings = epoch_losses(losses, epoch, settings.raun_warmup_epochs)
+
+        def loss_of(batch):
+            total, terms = implicit_step(engine, batch, epoch_settings, rank, world_size)
+            return total, terms, len(batch["anchor"])
+
+        means, steps = train_epoch(
+            engine, upcoming, loss_of, model=model, clock=clock, monitor=monitor, epoch=epoch, rank=rank, planned_steps=plans[epoch].steps, max_steps=max_steps
+        )
+        metrics = {(name if name == "event_width" else f"loss_{name}"): value for name, value in means.items()}
         metrics.update(
             epoch=epoch, steps=steps, learning_rate=float(engine.get_lr()[0]), steepness=float(model.steepness.detach()),
             resumed_from_epoch=first_epoch,  # > 0 when this worker group started from a checkpoint

@@ -167,6 +167,32 @@ class StepClock:
         }
 
 
+def train_epoch(engine, batches, loss_of, *, model, clock: "StepClock", monitor, epoch: int, rank: int, planned_steps: int, max_steps: int | None = None) -> tuple[dict, int]:
+    """One epoch of a stage's worker loop: for each batch, `loss_of(batch)` gives (objective, terms, samples),
+    the engine steps, the clock and the monitor count it. Returns each term's mean over the epoch and the
+    steps taken; a worker that received other than `planned_steps` batches (with no `max_steps` cut) fails,
+    since its data-parallel peers would wait for it."""
+    clock.mark("stream")
+    model.train()
+    clock.epoch()
+    sums: dict[str, float] = {}
+    steps = 0
+    for batch in batches:
+        total, terms, samples = loss_of(batch)
+        engine.backward(total)
+        engine.step()
+        clock.step()
+        monitor.step(samples)
+        steps += 1
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value
+        if steps == max_steps:
+            break
+    if max_steps is None and steps != planned_steps:
+        raise RuntimeError(f"epoch {epoch}: worker {rank} received {steps} batches, {planned_steps} were planned")
+    return {name: value / max(steps, 1) for name, value in sums.items()}, steps
+
+
 def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_decay: float, zero_stage: int, lr_schedule: str, total_steps: int, bf16: bool):
     """`deepspeed.initialize` with AdamW, gradient clipping 1.0 and, for "cosine", 5% linear warm-up then cosine to 0.
 
