@@ -96,31 +96,22 @@ def describe(result: dict) -> str:
     )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. implicit.beta=0.3")
-    parser.add_argument("--shards", type=int, default=0, help="train and score on the first N shards with training samples (0: all)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--score-every", type=int, default=0, help="also score after every N epochs (0: at the end only)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    config = load_config(args.config, parse_overrides(args.set))
+def train(config, shard_limit: int = 0, score_every: int = 0, say=print):
+    """Train the implicit model of `config` in the plain loop on its store's first `shard_limit` shards with
+    training samples (0: all); returns (model, layout, shards) for `score`."""
     settings, batches = config.implicit, config.batches
     store = FeatureStore(config.store)
     layout = StoreLayout.of(store, check_encoder(store, config.encode))
     counts = trainable_counts(store, config.cluster)
     shards = np.flatnonzero(counts.sum(1))
-    if args.shards:
-        shards = shards[: args.shards]
+    if shard_limit:
+        shards = shards[:shard_limit]
         counts = np.where(np.isin(np.arange(len(counts)), shards)[:, None], counts, 0)
     per_worker = batches.per_worker(1)
     size = window_shards(counts.sum(1), batches, config.cluster.k)
     plans = [implicit_plan(counts, per_worker, 1, size, epoch) for epoch in range(settings.epochs)]
     total_steps = sum(plan.steps for plan in plans)
-    print(f"{config.source}: {int(counts.sum())} training samples in {len(shards)} shards, {settings.epochs} epochs of {plans[0].steps} steps;"
-          f" overrides {args.set or 'none'}", flush=True)
+    say(f"{config.source}: {int(counts.sum())} training samples in {len(shards)} shards, {settings.epochs} epochs of {plans[0].steps} steps")
 
     torch.manual_seed(settings.seed)
     model = ImplicitModel(settings.model(layout.feature_dim, layout.word_dim))
@@ -145,9 +136,24 @@ def main():
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value
         means = "  ".join(f"{name} {value / steps:.3f}" for name, value in sums.items())
-        print(f"epoch {epoch}: {steps} steps, {time.time() - started:.0f} s  {means}", flush=True)
-        if args.score_every and (epoch + 1) % args.score_every == 0 and epoch + 1 < len(plans):
-            print(describe(score(model, layout, shards)), flush=True)
+        say(f"epoch {epoch}: {steps} steps, {time.time() - started:.0f} s  {means}")
+        if score_every and (epoch + 1) % score_every == 0 and epoch + 1 < len(plans):
+            say(describe(score(model, layout, shards)))
+    return model, layout, shards
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. implicit.beta=0.3")
+    parser.add_argument("--shards", type=int, default=0, help="train and score on the first N shards with training samples (0: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--score-every", type=int, default=0, help="also score after every N epochs (0: at the end only)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config, parse_overrides(args.set))
+    print(f"overrides {args.set or 'none'}", flush=True)
+    model, layout, shards = train(config, args.shards, args.score_every, say=lambda line: print(line, flush=True))
     print(describe(score(model, layout, shards)), flush=True)
 
 
