@@ -270,10 +270,10 @@ def _store_outputs(config: RunConfig, *names: str) -> list[pathlib.Path]:
 
 
 def _clusters_of(config: RunConfig) -> list[pathlib.Path]:
-    from cu_scale.data.store import FeatureStore
+    from cu_scale.data.store import MANIFEST_FILE, FeatureStore
     from cu_scale.stages.clustering import clusters_dir
 
-    if config.prepare is None or not (pathlib.Path(config.store) / "manifest.json").is_file():
+    if config.prepare is None or not (pathlib.Path(config.store) / MANIFEST_FILE).is_file():
         return []
     return [clusters_dir(FeatureStore(config.store), config.cluster)]
 
