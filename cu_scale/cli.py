@@ -22,7 +22,7 @@ from cu_scale.ops.pipeline import STAGE_NAMES
 from cu_scale.data.simulator import SimulatorSettings
 from cu_scale.console import describe_store, megabytes
 from cu_scale.evaluation.predictions import PredictionsError
-from cu_scale.data.store import FeatureStore, StoreError, StoreRejectError
+from cu_scale.data.store import OVERSHOOT_POLICIES, FeatureStore, StoreError, StoreRejectError
 
 DEMO_DIR = "runs/demo"
 DEFAULT_SEARCH = pathlib.Path(__file__).resolve().parents[1] / "tune" / "default.yaml"
@@ -82,7 +82,7 @@ def _add_store_arguments(parser: argparse.ArgumentParser, dataset: str):
     out.add_argument("--shard-videos", type=int, metavar="N", help=f"videos per Parquet shard (default {DEFAULTS.shard_videos})")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     checks = parser.add_argument_group("validation")
-    checks.add_argument("--overshoot", choices=("clip", "reject"), help=f"a label partly past the video's end or before 0: clip it and count it, or reject the sample (default {DEFAULTS.overshoot})")
+    checks.add_argument("--overshoot", choices=OVERSHOOT_POLICIES, help=f"a label partly past the video's end or before 0: clip it and count it, or reject the sample (default {DEFAULTS.overshoot})")
     checks.add_argument("--overshoot-tolerance", type=float, metavar="SECONDS", help=f"a label starting more than this past the end is 'outside the video' and rejected (default {DEFAULTS.overshoot_tolerance:g})")
     checks.add_argument("--strict", action="store_true", default=None, help="any reject stops the run with a non-zero exit and prints the first reason")
     simulator = parser.add_argument_group("simulated features")

@@ -29,7 +29,7 @@ import yaml
 
 from cu_scale.data.demo import WORLDS
 from cu_scale.data.partial_labels import METHODS as PARTIAL_METHODS
-from cu_scale.data.store import LabelPolicy
+from cu_scale.data.store import OVERSHOOT_POLICIES, LabelPolicy
 
 
 class ConfigError(ValueError):
@@ -85,7 +85,7 @@ class PrepareConfig:
         _one_of(self, "dataset", DATASETS)
         _one_of(self, "partial", PARTIAL_METHODS)
         _one_of(self, "world", tuple(WORLDS))
-        _one_of(self, "overshoot", ("clip", "reject"))
+        _one_of(self, "overshoot", OVERSHOOT_POLICIES)
         if self.dataset != "demo" and not self.annotations:
             raise ConfigError(f"annotations: the {self.dataset} annotation directory is required")
         if self.partial == "clip" and self.clip_seconds <= 0:

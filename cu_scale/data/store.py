@@ -126,6 +126,9 @@ class StoreRejectError(ValueError):
         self.reject = reject
 
 
+OVERSHOOT_POLICIES = ("clip", "reject")
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelPolicy:
     """What to do with a label that overshoots the video (partly outside [0, duration]).
@@ -142,8 +145,8 @@ class LabelPolicy:
     tolerance_seconds: float = 5.0
 
     def __post_init__(self):
-        if self.overshoot not in ("clip", "reject"):
-            raise ValueError(f"overshoot policy must be 'clip' or 'reject', got {self.overshoot!r}")
+        if self.overshoot not in OVERSHOOT_POLICIES:
+            raise ValueError(f"overshoot policy must be one of {OVERSHOOT_POLICIES}, got {self.overshoot!r}")
         if not self.tolerance_seconds >= 0:
             raise ValueError(f"overshoot tolerance must be ≥ 0 seconds, got {self.tolerance_seconds}")
 
