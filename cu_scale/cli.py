@@ -39,7 +39,7 @@ def _peak_memory_bytes() -> int:
 
 def prepare_settings(args) -> PrepareConfig:
     """The `prepare:` section of a run config that these options describe: both build stores the same way."""
-    if args.dataset != "demo" and args.glance and args.partial is not None:
+    if args.dataset not in ("demo", "corpus") and args.glance and args.partial is not None:
         raise SystemExit("cu-scale: choose --glance (labels from the glance files) or --partial (sampled labels), not both")
     given = {
         "steps": args.steps, "shard_videos": args.shard_videos, "overshoot": args.overshoot, "overshoot_tolerance": args.overshoot_tolerance,
@@ -48,10 +48,14 @@ def prepare_settings(args) -> PrepareConfig:
     if args.dataset == "demo":
         given.update(videos=args.videos, world=args.world)
     else:
-        given.update(annotations=args.annotations, glance=args.glance, partial=args.partial, clip_seconds=args.clip_seconds,
-                     partial_seed=args.partial_seed, features=args.features)
+        given.update(annotations=args.annotations, partial=args.partial, clip_seconds=args.clip_seconds, partial_seed=args.partial_seed,
+                     features=args.features, full_fraction=args.full_fraction, unlabelled_fraction=args.unlabelled_fraction)
         if args.dataset == "activitynet":
             given["splits"] = tuple(args.splits)
+        if args.dataset == "corpus":
+            given.update(durations=args.durations, sample_labels=args.partial is not None or None)
+        else:
+            given["glance"] = args.glance
     try:
         return PrepareConfig(dataset=args.dataset, **{k: v for k, v in given.items() if v is not None})
     except ConfigError as error:
@@ -92,17 +96,26 @@ def _add_store_arguments(parser: argparse.ArgumentParser, dataset: str):
     simulator.add_argument("--world-seed", type=int, help=f"simulator seed of the concept vectors and feature map (default {DEFAULTS.world_seed})")
 
 
-def _add_dataset_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--annotations", required=True, metavar="DIR", help="directory with the dataset's annotation files")
+def _add_dataset_arguments(parser: argparse.ArgumentParser, corpus: bool = False):
+    if corpus:
+        parser.add_argument("--annotations", required=True, metavar="TABLE", help="the annotation table: .jsonl, .csv or .parquet, one row per query (README: Your own corpus)")
+        parser.add_argument("--durations", metavar="TABLE", help="a table of video_id, duration (.jsonl, .csv or .parquet) for videos the annotation table gives no duration")
+    else:
+        parser.add_argument("--annotations", required=True, metavar="DIR", help="directory with the dataset's annotation files")
     labels = parser.add_argument_group("partial labels")
-    labels.add_argument("--glance", action="store_true", help="use the single-frame labels of the glance files (DIR/glance/)")
-    labels.add_argument("--partial", choices=METHODS, help="sample partial labels from ground truth instead: a uniform or Gaussian single frame, or a clip (default: uniform)")
+    if corpus:
+        labels.add_argument("--partial", choices=METHODS, help="replace the labels of rows with a full moment (gt_start, gt_end) by ones sampled from it: a uniform or Gaussian single frame, or a clip (default: the table's labels as given)")
+    else:
+        labels.add_argument("--glance", action="store_true", help="use the single-frame labels of the glance files (DIR/glance/)")
+        labels.add_argument("--partial", choices=METHODS, help="sample partial labels from ground truth instead: a uniform or Gaussian single frame, or a clip (default: uniform)")
     labels.add_argument("--clip-seconds", type=float, metavar="R", help="clip length r in seconds for --partial clip")
-    labels.add_argument("--partial-seed", type=int, help=f"seed of the partial-label sampler (default {DEFAULTS.partial_seed})")
+    labels.add_argument("--partial-seed", type=int, help=f"seed of the partial-label sampler and of the mix (default {DEFAULTS.partial_seed})")
+    labels.add_argument("--full-fraction", type=float, metavar="F", help="mixed supervision: this fraction of the samples with ground truth train from their full moment (default 0)")
+    labels.add_argument("--unlabelled-fraction", type=float, metavar="F", help="mixed supervision: this fraction of the samples with ground truth lose their label (default 0)")
     feats = parser.add_argument_group("features (exactly one)")
     source = feats.add_mutually_exclusive_group(required=True)
     source.add_argument("--simulate", action="store_true", help="render features with the simulator (cu_scale.data.simulator)")
-    source.add_argument("--features", metavar="PATH", help="a directory of VIDEO.npy files or one .h5 file keyed by video id")
+    source.add_argument("--features", metavar="PATH", help="a directory of VIDEO.npy files, one .h5 file keyed by video id, or a .parquet table (video_id, features)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,23 +216,54 @@ def _run_compare(args) -> int:
 
 def _run_evaluate(args) -> int:
     from cu_scale.console import metrics_table
-    from cu_scale.evaluation.predictions import evaluate_predictions, read_predictions
+    from cu_scale.evaluation.predictions import evaluate_predictions, iter_predictions
 
-    metrics = evaluate_predictions(read_predictions(args.predictions))
+    metrics = evaluate_predictions(iter_predictions(args.predictions))
     if args.json:
         print(json.dumps(metrics, indent=2))
-    else:
-        print(f"{args.predictions}: {metrics['scored']:,} of {metrics['predictions']:,} predictions have ground truth")
-        print(metrics_table({"R@1": metrics}))
+        return 0
+    print(f"{args.predictions}: {metrics['scored']:,} of {metrics['predictions']:,} predictions have ground truth")
+    rows = {"all queries": metrics}
+    rows.update({f"  {kind} labels ({m['scored']:,})": m for kind, m in metrics.get("by_label_kind", {}).items()})
+    print(metrics_table(rows))
+    if "R@5,0.5" not in metrics:
+        print("(one span per query: no R@5; a model that ranks several spans, SpanDETR, writes them)")
     return 0
 
 
 def _run_predict(args) -> int:
-    from cu_scale.ops.predict import predict_one
+    from cu_scale.ops.predict import Grounder, predict_store
 
-    start, end = predict_one(args.run_dir, args.features, args.query, args.duration, args.model)
-    print(f"{start:.2f} {end:.2f}    ({args.query!r}: {start:.2f} s to {end:.2f} s of {args.duration:g} s)")
+    if args.top_k is None:
+        args.top_k = 5 if args.store is not None else 1
+    if args.top_k < 1:
+        raise SystemExit(f"cu-scale predict: --top-k must be ≥ 1, got {args.top_k}")
+    if args.store is not None:
+        if args.features or args.query:
+            raise SystemExit("cu-scale predict: give --store (a whole split) or --features with --query (one query), not both")
+        result = predict_store(args.run_dir, args.store, args.split, args.out, args.top_k, args.model and [args.model])
+        rate = result["rows"] / max(result["seconds"], 1e-9)
+        print(f"predicted    {result['rows']:,} {args.split} queries of {args.store} with {len(result['files'])} model(s) in {result['seconds']:.1f} s ({rate:,.0f} queries/s) → {result['out']}")
+        for name, path in result["files"].items():
+            print(f"  {name:<28} {path.with_suffix('.parquet').name}, {path.name}   (cu-scale evaluate {path})")
+        return 0
+    if not (args.features and args.query and args.duration):
+        raise SystemExit("cu-scale predict: give --features, --query and --duration (one query), or --store (a whole split)")
+    grounder = Grounder.from_run(args.run_dir, args.model)
+    features = _load_features(args.features)
+    for rank, span in enumerate(grounder.predict(features, args.duration, args.query, top_k=args.top_k)[0], start=1):
+        print(f"{span.start:.2f} {span.end:.2f}    ({args.query!r}: {span.start:.2f} s to {span.end:.2f} s of {args.duration:g} s"
+              + (f", rank {rank}, score {span.score:.3f}" if args.top_k > 1 else "") + ")")
     return 0
+
+
+def _load_features(path: str):
+    import numpy as np
+
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable .npy array ({error})") from None
 
 
 def _run_ablate(args) -> int:
@@ -307,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_arguments(anet)
     anet.add_argument("--splits", nargs="+", default=["train", "val_1", "val_2"], help="splits to read (default: train val_1 val_2)")
     _add_store_arguments(anet, "activitynet")
+    corpus = datasets.add_parser(
+        "corpus",
+        help="your own corpus: one annotation table (JSON Lines, CSV or Parquet) and its features",
+        description="One row per query: video_id, query, split, optional duration and sample_id, optional partial label "
+        "(t, or start and end), optional full moment (gt_start, gt_end). A sample trains from its partial label, else its full moment, else nothing.",
+    )
+    _add_dataset_arguments(corpus, corpus=True)
+    _add_store_arguments(corpus, "corpus")
     demo_store = datasets.add_parser("demo", help="the built-in demo world (no files needed)")
     demo_store.add_argument("--videos", type=int, help=f"number of videos (default {DEFAULTS.videos})")
     demo_store.add_argument("--world", choices=tuple(WORLDS), help="short: 15-45 s videos, moments a quarter of them (default);"
@@ -388,17 +440,26 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     submit.set_defaults(run=_run_submit)
 
-    evaluate = commands.add_parser("evaluate", help="recompute R@0.3/0.5/0.7 and mIoU from a predictions file (JSON Lines)")
-    evaluate.add_argument("predictions", metavar="PREDICTIONS", help="a .jsonl file: sample_id, pred [s, e], gt [s, e] (and optional duration) per line")
+    evaluate = commands.add_parser("evaluate", help="recompute R@0.3/0.5/0.7 and mIoU (and R@5 for ranked spans) from a predictions file")
+    evaluate.add_argument("predictions", metavar="PREDICTIONS", help="a .jsonl file (sample_id, pred [s, e], gt [s, e], optional duration, spans, label_kind per line) or the .parquet cu-scale predict writes")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(run=_run_evaluate)
 
-    predict = commands.add_parser("predict", help="answer one query on one video's features with a trained run's explicit model")
+    predict = commands.add_parser(
+        "predict",
+        help="ground queries with a trained run's explicit models: one query on one video's features, or a whole store split (Ray Data)",
+        description="One query: --features FILE.npy --duration S --query TEXT. A whole split: --store STORE [--split S]: every trained "
+        "model (or --model) over every query, written as Parquet and JSON Lines with the top-k spans of each.",
+    )
     predict.add_argument("--run", dest="run_dir", required=True, metavar="RUN_DIR", help="a run directory whose explicit stage has finished")
-    predict.add_argument("--features", required=True, metavar="FILE.npy", help="the video's features, (steps, Dv), as the store's")
-    predict.add_argument("--query", required=True, help="the sentence to ground")
-    predict.add_argument("--duration", required=True, type=float, metavar="SECONDS", help="the video's duration (features carry no time)")
-    predict.add_argument("--model", metavar="NAME", help="which explicit model, e.g. SpanDETR-pseudo (default: the first trained on pseudo-labels)")
+    predict.add_argument("--features", metavar="FILE.npy", help="one query: the video's features, (steps, Dv), as the store's")
+    predict.add_argument("--query", help="one query: the sentence to ground")
+    predict.add_argument("--duration", type=float, metavar="SECONDS", help="one query: the video's duration (features carry no time)")
+    predict.add_argument("--store", metavar="STORE", help="a whole split: a feature store (its queries are encoded with the run's encoder first if they are not)")
+    predict.add_argument("--split", default="test", help="a whole split: which (default test)")
+    predict.add_argument("--out", metavar="DIR", help="a whole split: where to write (default RUN_DIR/predictions/STORE-SPLIT)")
+    predict.add_argument("--top-k", type=int, default=None, metavar="K", help="spans per query, best first (default: 1 for one query, 5 for a store)")
+    predict.add_argument("--model", metavar="NAME", help="which explicit model, e.g. SpanDETR-pseudo (default: one query, the first trained on pseudo-labels; a store, all)")
     predict.set_defaults(run=_run_predict)
     return parser
 

@@ -47,27 +47,36 @@ def _one_of(section, name: str, choices: tuple):
         raise ConfigError(f"{name}: must be one of {choices}, got {getattr(section, name)!r}")
 
 
-DATASETS = ("demo", "charades-sta", "activitynet")
+DATASETS = ("demo", "charades-sta", "activitynet", "corpus")
 # T, the most feature steps a video keeps, when `prepare.steps` is not given: about two steps a second
 # on Charades-STA's 30-second videos, one on the demo's, one every second or so on ActivityNet's minutes.
-DEFAULT_STEPS = {"demo": 32, "charades-sta": 64, "activitynet": 128}
+# A user's corpus gets ActivityNet's: its lengths are unknown, and too few steps for long videos with short
+# moments is the failure that costs most (a video shorter than T keeps its own steps).
+DEFAULT_STEPS = {"demo": 32, "charades-sta": 64, "activitynet": 128, "corpus": 128}
 # The demo's settings ship inside the package (configs/demo.yaml in a checkout is a link to it), so that
 # `cu-scale demo` works from an installed wheel too.
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "demo.yaml"
-LABEL_SOURCES = ("pseudo", "gt", "partial")
+# What the explicit stage trains from: the pseudo-labels; the ground truth (the upper bound); the raw partial
+# labels (the naive baseline); or "mixed": a sample's full moment where its label kind is full, its
+# pseudo-label elsewhere (mixed supervision; never the ground truth kept beside a partial label).
+LABEL_SOURCES = ("pseudo", "gt", "partial", "mixed")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
     """How the store is built: a config's `prepare:` section, and what `cu-scale prepare` builds from its options."""
 
-    dataset: str = "demo"  # demo (built in, no files), charades-sta or activitynet
-    annotations: str | None = None  # the dataset's annotation directory (not for demo)
+    dataset: str = "demo"  # demo (built in, no files), charades-sta, activitynet, or corpus (a user's own)
+    annotations: str | None = None  # the dataset's annotation directory (not for demo); for corpus, the annotation table
     glance: bool = False  # partial labels from the dataset's glance files; else sampled from ground truth
     partial: str = "uniform"  # sampled labels: uniform or gaussian single frame, or a clip of clip_seconds
     clip_seconds: float = 0.0  # r, the annotation clip length, for partial: clip
     partial_seed: int = 0
-    features: str | None = None  # a directory of VIDEO.npy or one .h5 file; None: simulate features
+    features: str | None = None  # a directory of VIDEO.npy, one .h5 file or a .parquet table; None: simulate features
+    durations: str | None = None  # corpus only: a table of video_id, duration (else the annotation table's duration column)
+    sample_labels: bool = False  # corpus only: replace the table's labels by ones sampled from its full moments (`partial`)
+    full_fraction: float = 0.0  # mixed supervision: this fraction of the samples with ground truth train from their full moment
+    unlabelled_fraction: float = 0.0  # ... and this fraction from nothing (seeded by partial_seed)
     feature_dim: int = 1024  # Dv of simulated features (I3D's)
     noise: float | None = None  # simulator noise; None: the calibrated default (cu_scale.data.simulator)
     steps: int | None = None  # T, max feature steps per video; None: DEFAULT_STEPS of the dataset
@@ -94,6 +103,13 @@ class PrepareConfig:
             _at_least(self, name, 1)
         if self.steps is not None:
             _at_least(self, "steps", 1)
+        for name in ("full_fraction", "unlabelled_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: must be a fraction between 0 and 1, got {getattr(self, name)}")
+        if self.full_fraction + self.unlabelled_fraction > 1:
+            raise ConfigError(f"full_fraction + unlabelled_fraction: must be at most 1, got {self.full_fraction + self.unlabelled_fraction}")
+        if self.dataset != "corpus" and (self.durations or self.sample_labels):
+            raise ConfigError(f"durations, sample_labels: only a corpus reads them, not {self.dataset}")
 
     @property
     def max_steps(self) -> int:
@@ -289,9 +305,11 @@ class ExplicitConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always has one); each costs a save
     seed: int = 0
     attend_to_partial: bool = True  # on pseudo-labels, attention is held to the partial label (the class docstring)
+    top_k: int = 5  # ranked spans kept per query in the predictions files (SpanDETR ranks its candidates; the regressor has one)
 
     def __post_init__(self):
         _at_least(self, "epochs", 1)
+        _at_least(self, "top_k", 1)
         _at_least(self, "checkpoint_every", 1)
         _at_least(self, "workers", 1)
         _at_least(self, "batch_size", self.workers)

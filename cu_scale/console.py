@@ -5,6 +5,7 @@ Shared by the single-stage commands and `cu-scale run`, so that a stage reads th
 
 from __future__ import annotations
 
+from cu_scale.data.records import PARTIAL_KINDS
 from cu_scale.data.store import REJECT_REASONS, FeatureStore
 
 
@@ -29,6 +30,9 @@ def describe_store(store: FeatureStore) -> str:
     for split, c in counts["splits"].items():
         label = m.get("partial_labels", {}).get(split, "")
         lines.append(f"  {split:<10} {c['samples']:>9,} samples  {c['videos']:>8,} videos   partial labels: {label}")
+        kinds = c.get("label_kinds")  # stores written before label kinds were counted lack them
+        if kinds:
+            lines.append(f"  {'':<10} label kinds: " + ", ".join(f"{kind} {kinds[kind]:,}" for kind in PARTIAL_KINDS if kinds.get(kind)))
     clipped = counts.get("clipped_labels", {})
     policy = m["label_policy"]
     lines.append(
@@ -58,9 +62,12 @@ def describe_clusters(summary: dict, directory) -> str:
 
 
 def metrics_table(table: dict[str, dict[str, float]], indent: str = "  ") -> str:
-    """Rows of R@0.3, R@0.5, R@0.7 and mIoU (percent), one per named entry."""
+    """Rows of R@0.3, R@0.5, R@0.7 and mIoU (percent), one per named entry; R@5 at 0.5 and 0.7 beside them
+    when some entry has them (blank where an entry has not)."""
     width = max(len(name) for name in table)
-    lines = [f"{indent}{'':<{width}}  {'R@0.3':>7} {'R@0.5':>7} {'R@0.7':>7} {'mIoU':>7}"]
+    columns = ["R@0.3", "R@0.5", "R@0.7", "mIoU"]
+    columns += [c for c in ("R@5,0.5", "R@5,0.7") if any(c in m for m in table.values())]
+    lines = [f"{indent}{'':<{width}}  " + " ".join(f"{c:>7}" for c in columns)]
     for name, m in table.items():
-        lines.append(f"{indent}{name:<{width}}  {m['R@0.3']:>7.2f} {m['R@0.5']:>7.2f} {m['R@0.7']:>7.2f} {m['mIoU']:>7.2f}")
+        lines.append(f"{indent}{name:<{width}}  " + " ".join(f"{m[c]:>7.2f}" if c in m else f"{'':>7}" for c in columns))
     return "\n".join(lines)

@@ -18,7 +18,10 @@ def test_prepare_charades_sta_glance_writes_every_sample(datasets, tmp_path, cap
     code = main(["prepare", "charades-sta", "--annotations", str(datasets / "charades_sta"), "--glance", "--simulate", "--out", str(out), *SMALL])
     assert code == 0
     counts = FeatureStore(out).manifest["counts"]
-    assert counts["splits"] == {"train": {"samples": 12408, "videos": 5338}, "test": {"samples": 3720, "videos": 1334}}
+    assert counts["splits"] == {
+        "train": {"samples": 12408, "videos": 5338, "label_kinds": {"single-frame": 12408}},
+        "test": {"samples": 3720, "videos": 1334, "label_kinds": {"single-frame": 3720}},
+    }
     # 1,805 + 562 moments end past the Charades v1 length; 249 + 82 glances lie past it too.
     assert counts["clipped_labels"] == {"gt": 2367, "partial": 331}
     capsys.readouterr()

@@ -40,7 +40,7 @@ def test_defaults_and_overrides(tmp_path):
         ("store: s\nbatches: {clusters_per_batch: 8}\nimplicit: {workers: 3}\n", "batches.clusters_per_batch: N=8 clusters of the global batch cannot be split evenly over 3 workers"),
         ("store: s\ncluster: [1, 2]\n", "cluster: expected a mapping"),
         ("store: s\ncluster: {k: 4\n", ":3: not valid YAML"),
-        ("store: s\nexplicit: {label_sources: [pseudo, full]}\n", "explicit.label_sources: 'full' is not one of ('pseudo', 'gt', 'partial')"),
+        ("store: s\nexplicit: {label_sources: [pseudo, full]}\n", "explicit.label_sources: 'full' is not one of ('pseudo', 'gt', 'partial', 'mixed')"),
         ("store: s\nexplicit: {models: [SpanDETR]}\n", "explicit.models: 'SpanDETR' is not 'package.module:ClassName'"),
         ("store: s\nexplicit: {models: 3}\n", "explicit.models: expected a list of strings, got 3"),
         ("store: s\nprepare: {dataset: charades-sta}\n", "prepare.annotations: the charades-sta annotation directory is required"),

@@ -29,8 +29,9 @@ def test_cu_scale_evaluate_prints_and_writes_json(capsys):
     assert main(["evaluate", str(GOLDEN)]) == 0
     out = capsys.readouterr().out
     assert "5 of 6 predictions have ground truth" in out
-    row = next(line for line in out.splitlines() if line.strip().startswith("R@1 "))
-    assert row.split()[1:] == ["60.00", "40.00", "20.00", "41.67"]
+    row = next(line for line in out.splitlines() if line.strip().startswith("all queries "))
+    assert row.split()[2:] == ["60.00", "40.00", "20.00", "41.67"]
+    assert "no R@5" in out  # one span per query
     assert main(["evaluate", str(GOLDEN), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(EXPECTED["mIoU"])
 
@@ -51,6 +52,8 @@ def test_write_then_read_round_trip(tmp_path):
         ('{"sample_id": "x", "pred": [3, 1], "gt": [0, 1]}', ":2: pred ends before it starts"),
         ('{"sample_id": "x", "pred": [0, 1], "gt": [0]}', ":2: gt must be [start, end] in seconds"),
         ('{"sample_id": "x", "pred": [0, 1], "gt": [0, 1], "duration": -3}', ":2: duration must be a positive number"),
+        ('{"sample_id": "x", "pred": [0, 1], "spans": [[0, 1, 0.5], [2, 1, 0.1]]}', ":2: spans[1] must be [start, end, score] with start ≤ end"),
+        ('{"sample_id": "x", "pred": [0, 1], "spans": []}', ":2: spans must be a non-empty list"),
     ],
 )
 def test_a_bad_line_is_reported_with_file_and_line(tmp_path, capsys, line, message):
@@ -60,3 +63,35 @@ def test_a_bad_line_is_reported_with_file_and_line(tmp_path, capsys, line, messa
         read_predictions(path)
     assert main(["evaluate", str(path)]) == 2
     assert f"{path}{message}" in capsys.readouterr().err
+
+
+# Ranked spans, by hand (ground truth [0, 10] for both queries, no duration):
+#   q1 spans [20,30] (IoU 0), [0,6] (0.6), [0,9] (0.9), [0,1], [0,1], [0,10] (1, sixth: not counted)
+#      R@1: IoU 0; best of five 0.9 → R@5,0.5 and R@5,0.7 hit
+#   q2 spans [0,5] (0.5), [5,15] (1/3)            R@1: 0.5; best of two 0.5 → R@5,0.5 hits, R@5,0.7 misses
+# R@5,0.5 = 100, R@5,0.7 = 50; R@1 mIoU = 25. q1 is single-frame, q2 clip: each kind's own metrics.
+RANKED = [
+    prediction_record("q1", "v", "a", (20, 30), (0, 10), 40.0, spans=([20, 0, 0, 0, 0, 0], [30, 6, 9, 1, 1, 10], [0.9, 0.8, 0.7, 0.2, 0.1, 0.05]), label_kind="single-frame"),
+    prediction_record("q2", "v", "b", (0, 5), (0, 10), 40.0, spans=([0, 5], [5, 15], [0.6, 0.3]), label_kind="clip"),
+]
+
+
+def test_ranked_spans_give_r_at_5_and_label_kinds_their_own_metrics_by_hand(tmp_path):
+    metrics = evaluate_predictions(RANKED)
+    assert metrics["R@5,0.5"] == pytest.approx(100) and metrics["R@5,0.7"] == pytest.approx(50)
+    assert metrics["mIoU"] == pytest.approx(25) and metrics["R@0.5"] == pytest.approx(50)
+    assert metrics["by_label_kind"]["single-frame"]["mIoU"] == pytest.approx(0) and metrics["by_label_kind"]["clip"]["mIoU"] == pytest.approx(50)
+    one_span = [dict(r, spans=r["spans"][:1]) for r in RANKED]
+    assert "R@5,0.5" not in evaluate_predictions(one_span)  # the field reports R@5 for models that rank spans
+
+
+def test_parquet_predictions_hold_the_same_records_as_json_lines(tmp_path):
+    from cu_scale.evaluation.predictions import PredictionsWriter
+
+    for path, parquet in ((tmp_path / "p.jsonl", False), (tmp_path / "p.parquet", True)):
+        writer = PredictionsWriter(path, parquet=parquet)
+        for record in RANKED:
+            writer.write(record)
+        writer.close()
+    assert read_predictions(tmp_path / "p.parquet") == read_predictions(tmp_path / "p.jsonl")
+    assert evaluate_predictions(read_predictions(tmp_path / "p.parquet")) == evaluate_predictions(RANKED)

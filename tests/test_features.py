@@ -49,7 +49,7 @@ def test_h5_importer(tmp_path):
 
 def test_open_features_explains_a_wrong_path(tmp_path):
     (tmp_path / "x.txt").write_text("")
-    with pytest.raises(ValueError, match="expected a directory of .npy files or an .h5/.hdf5 file"):
+    with pytest.raises(ValueError, match="expected a directory of .npy files, an .h5/.hdf5 file or a .parquet table"):
         open_features(tmp_path / "x.txt", 4)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_features(tmp_path / "nothing.h5", 4)

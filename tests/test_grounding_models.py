@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cu_scale.method.grounding_models import BoundaryRegressor, GroundingOutput, SpanDETR, span_iou
+from cu_scale.method.grounding_models import BoundaryRegressor, GroundingOutput, SpanDETR, ranked_spans, span_iou
 
 
 def test_span_iou_and_generalised_iou_by_hand():
@@ -105,3 +105,21 @@ def test_the_readme_example_model_follows_the_interface():
     total, terms = model.loss(out, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5, 0.9]), torch.tensor([0.2, 0.3, 0.4]), torch.tensor([0.2, 0.3, 0.4]))
     total.backward()
     assert out.start.shape == (3,) and set(terms) == {"total"}
+
+
+def test_ranked_spans_are_detrs_candidates_by_foreground_probability_and_the_regressors_one_span():
+    torch.manual_seed(0)
+    video, valid = torch.randn(3, 12, 8), torch.ones(3, 12, dtype=torch.bool)
+    words, words_valid = torch.randn(3, 4, 6), torch.ones(3, 4, dtype=torch.bool)
+    detr = SpanDETR(8, 6, hidden_dim=16, heads=2, layers=1, num_queries=7).eval()
+    out = detr(video, valid, words, words_valid)
+    start, end, score = ranked_spans(out, 5)
+    assert start.shape == (3, 5) and (score[:, :-1] >= score[:, 1:]).all() and (start <= end).all()
+    torch.testing.assert_close(start[:, 0], out.start)  # the best-scored candidate is the answer
+    torch.testing.assert_close(end[:, 0], out.end)
+    assert ranked_spans(out, 50)[0].shape == (3, 7)  # no more than its candidates
+    regressor = BoundaryRegressor(8, 6, hidden_dim=16, heads=2, layers=1).eval()
+    r_out = regressor(video, valid, words, words_valid)
+    r_start, r_end, r_score = ranked_spans(r_out, 5)
+    assert r_start.shape == (3, 1) and (r_score == 1).all()
+    torch.testing.assert_close(r_start[:, 0], r_out.start)

@@ -49,7 +49,10 @@ def test_round_trip_keeps_every_value(tmp_path):
     m = store.manifest
     assert (m["feature_dim"], m["max_steps"], m["dataset"], len(m["shards"])) == (DV, T, "unit", 3)
     assert m["counts"]["videos"] == 5 and m["counts"]["samples"] == 5
-    assert m["counts"]["splits"] == {"train": {"samples": 3, "videos": 2}, "test": {"samples": 2, "videos": 2}}
+    assert m["counts"]["splits"] == {
+        "train": {"samples": 3, "videos": 2, "label_kinds": {"single-frame": 1, "clip": 2}},
+        "test": {"samples": 2, "videos": 2, "label_kinds": {"none": 1, "single-frame": 1}},
+    }
     assert m["counts"]["clipped_labels"] == {}
     assert m["counts"]["feature_bytes"] == sum(f.shape[0] for _, f in videos.values()) * DV * 2
     assert store.verify() == []

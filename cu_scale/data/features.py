@@ -1,7 +1,9 @@
 """Pre-extracted video features: importers for the two formats peer code uses, and resampling.
 
 - a directory of ``VIDEO.npy`` files, one ``(T_raw, Dv)`` array per video (VSLNet, ViGA, ...);
-- one HDF5 file with a ``(T_raw, Dv)`` dataset per video id (2D-TAN, MMN, ...).
+- one HDF5 file with a ``(T_raw, Dv)`` dataset per video id (2D-TAN, MMN, ...);
+- one Parquet table (a file or a directory of files) with a ``video_id`` column and a ``features`` column
+  holding each video's steps as a list of lists (or of fixed-size lists) of numbers.
 
 Both are resampled to at most `max_steps` steps: a longer video is average-pooled into `max_steps`
 equal spans (the VSLNet convention), a shorter one is kept as is. The store keeps only the valid
@@ -91,11 +93,69 @@ class H5Features:
         self.file.close()
 
 
-def open_features(path: str | os.PathLike, max_steps: int) -> NpyDirectoryFeatures | H5Features:
-    """A directory means one ``.npy`` per video; a ``.h5``/``.hdf5`` file means one dataset per video id."""
+class ParquetFeatures:
+    """Features from Parquet files with ``video_id`` and ``features`` (steps × Dv, list of lists) columns.
+
+    Opening reads the ``video_id`` column alone, to know which row group holds which video; `get` reads one
+    row group and keeps only that one, so memory is a row group of features whatever the table's size
+    (the store writer asks for videos in its own order, so a table written in another order re-reads row
+    groups: slower, never larger).
+    """
+
+    def __init__(self, path: str | os.PathLike, max_steps: int):
+        import pyarrow.parquet as pq
+
+        self.path = pathlib.Path(path)
+        files = sorted(self.path.glob("*.parquet")) if self.path.is_dir() else [self.path]
+        if not files or not files[0].is_file():
+            raise FileNotFoundError(f"feature table {self.path} does not exist or holds no .parquet file")
+        self.max_steps = max_steps
+        self.files = [pq.ParquetFile(file) for file in files]
+        self.where: dict[str, tuple[int, int, int]] = {}  # video id → (file, row group, row in the group)
+        for f, parquet in enumerate(self.files):
+            names = parquet.schema_arrow.names
+            if "video_id" not in names or "features" not in names:
+                raise ValueError(f"{files[f]}: a feature table needs the columns 'video_id' and 'features', it has {names}")
+            for group in range(parquet.num_row_groups):
+                ids = parquet.read_row_group(group, columns=["video_id"]).column("video_id").to_pylist()
+                for row, video_id in enumerate(ids):
+                    if video_id in self.where:
+                        raise ValueError(f"{files[f]}: video {video_id} appears twice in the feature table")
+                    self.where[str(video_id)] = (f, group, row)
+        self._cached: tuple[tuple[int, int], object] | None = None
+
+    def describe(self) -> str:
+        return f"Parquet feature table {self.path}"
+
+    def source_of(self, video_id: str) -> str:
+        return f"{self.path}:{video_id}"
+
+    def get(self, video_id: str) -> np.ndarray | None:
+        import pyarrow.compute as pc
+
+        if video_id not in self.where:
+            return None
+        f, group, row = self.where[video_id]
+        if self._cached is None or self._cached[0] != (f, group):
+            self._cached = ((f, group), self.files[f].read_row_group(group, columns=["features"]).column("features").combine_chunks())
+        steps = self._cached[1][row].values  # one list (or fixed-size list) of numbers per step
+        if steps is None or len(steps) == 0:
+            return np.zeros((0, 0), np.float32)
+        widths = pc.list_value_length(steps).to_numpy(zero_copy_only=False)
+        if (widths != widths[0]).any():
+            raise ValueError(f"{self.source_of(video_id)}: feature steps have different widths ({sorted(set(widths.tolist()))[:4]})")
+        values = steps.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        return resample(values.reshape(len(steps), int(widths[0])), self.max_steps)
+
+
+def open_features(path: str | os.PathLike, max_steps: int) -> NpyDirectoryFeatures | H5Features | ParquetFeatures:
+    """A directory of ``.npy`` files (one per video), an ``.h5``/``.hdf5`` file (one dataset per video id), or a
+    ``.parquet`` file or directory of them (one row per video)."""
     path = pathlib.Path(path)
+    if path.suffix.lower() == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
+        return ParquetFeatures(path, max_steps)
     if path.is_dir():
         return NpyDirectoryFeatures(path, max_steps)
     if path.suffix.lower() in (".h5", ".hdf5"):
         return H5Features(path, max_steps)
-    raise ValueError(f"--features {path}: expected a directory of .npy files or an .h5/.hdf5 file")
+    raise ValueError(f"--features {path}: expected a directory of .npy files, an .h5/.hdf5 file or a .parquet table")

@@ -11,6 +11,10 @@ r = 0 is the single-frame ("glance") label. Given ground truth we can sample any
 *Choice* (the paper gives no σ): sigma_fraction defaults to 1/6, so that ±3σ spans the moment; the
 truncation redraws out-of-moment values rather than clipping them, so no mass piles up on the edges.
 
+A *mix* (`LabelMix`) turns a labelled corpus into one of mixed supervision, to measure what a few full
+labels add: a seeded fraction of the samples with ground truth keep their full moment as the label (kind
+full), another loses its label (kind none), the rest keep the partial label they had.
+
 Every sampler takes a seed and is deterministic for it: the same file, seed and method always
 give the same labels. Glance files are used as given, never resampled.
 """
@@ -107,4 +111,41 @@ def assign_partial_labels(samples: list[Sample], spec: PartialLabelSpec, duratio
     ]
     for k, i in enumerate(with_gt):
         out[i] = dataclasses.replace(samples[i], partial=(float(label_starts[k]), float(label_ends[k])), partial_kind=kind)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMix:
+    """What fraction of the samples with ground truth train from their full moment, and what fraction from nothing."""
+
+    full: float = 0.0
+    unlabelled: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (0 <= self.full <= 1 and 0 <= self.unlabelled <= 1 and self.full + self.unlabelled <= 1):
+            raise ValueError(f"label mix: full ({self.full}) and unlabelled ({self.unlabelled}) must be fractions that sum to at most 1")
+
+    def describe(self) -> str:
+        return f"{100 * self.full:g}% full and {100 * self.unlabelled:g}% unlabelled (seed {self.seed})"
+
+
+def mix_label_kinds(samples: list[Sample], mix: LabelMix) -> list[Sample]:
+    """`samples` with round(full·n) of the n that have ground truth turned into full labels and round(unlabelled·n)
+    others into unlabelled samples, chosen by a permutation seeded by `mix.seed`; the rest are unchanged.
+
+    Which samples are chosen depends on their order and the seed only, not on their labels: the 90% of a
+    10%-full mix keep exactly the partial labels they have in the all-partial corpus, so the two differ by
+    the full labels alone.
+    """
+    with_gt = [i for i, s in enumerate(samples) if s.gt is not None]
+    order = np.random.default_rng(mix.seed).permutation(len(with_gt))
+    full_count, none_count = round(mix.full * len(with_gt)), round(mix.unlabelled * len(with_gt))
+    out = list(samples)
+    for k, position in enumerate(order[: full_count + none_count]):
+        i = with_gt[position]
+        if k < full_count:
+            out[i] = dataclasses.replace(samples[i], partial=samples[i].gt, partial_kind="full")
+        else:
+            out[i] = dataclasses.replace(samples[i], partial=None, partial_kind="none")
     return out

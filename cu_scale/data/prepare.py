@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from cu_scale.data.annotations import read_activitynet, read_charades_sta, read_charades_v1
+from cu_scale.data.corpus import corpus_videos, read_corpus, read_durations
 from cu_scale.data.demo import generate_demo_corpus
 from cu_scale.data.features import open_features
-from cu_scale.data.partial_labels import PartialLabelSpec, assign_partial_labels
+from cu_scale.data.partial_labels import LabelMix, PartialLabelSpec, assign_partial_labels, mix_label_kinds
 from cu_scale.data.records import Sample, Video
 from cu_scale.data.simulator import FeatureSimulator, SimulatorSettings, events_from_moments
 from cu_scale.data.store import LabelPolicy, StoreWriter
@@ -62,7 +63,7 @@ class ImportedFeatures:
     def _first_width(self, video_ids: list[str]) -> int:
         for video_id in video_ids:
             features = self.reader.get(video_id)
-            if features is not None and features.ndim == 2:
+            if features is not None and features.ndim == 2 and features.shape[0] > 0:
                 return int(features.shape[1])
         raise ValueError(f"{self.reader.describe()} holds features for none of the {len(video_ids)} annotated videos")
 
@@ -93,11 +94,13 @@ def build_store(
     samples: list[Sample],
     features: FeatureSource,
     partial_labels: dict[str, str],
+    missing_video: Callable[[str], str] = lambda video_id: f"video {video_id} is not in the video annotations",
 ) -> dict:
     """Write `samples` and the videos they refer to; returns the manifest.
 
     Videos are written split by split (in the order splits first appear) so that a reader of one split
-    touches few shards; samples whose video is unknown are rejected as ``missing_video``.
+    touches few shards; samples whose video is unknown are rejected as ``missing_video``, with the reason
+    `missing_video(video_id)`.
     """
     by_video: dict[str, list[Sample]] = {}
     for sample in samples:
@@ -122,7 +125,7 @@ def build_store(
         for video_id in tqdm(ordered, desc=f"prepare {dataset}", unit="video", disable=not options.progress):
             video = videos.get(video_id)
             if video is None:
-                writer.reject_samples(by_video[video_id], "missing_video", f"video {video_id} is not in the video annotations")
+                writer.reject_samples(by_video[video_id], "missing_video", missing_video(video_id))
                 continue
             video_features = features.features_for(video, by_video[video_id])
             if video_features is None:
@@ -147,11 +150,19 @@ def _label_samples(
     return assign_partial_labels(samples, spec, durations), spec.describe()
 
 
+def _mixed(samples: list[Sample], labels: dict[str, str], mix: LabelMix) -> tuple[list[Sample], dict[str, str]]:
+    """The samples after `mix` (none when both fractions are 0), and the label descriptions saying so."""
+    if not (mix.full or mix.unlabelled):
+        return samples, labels
+    return mix_label_kinds(samples, mix), {split: f"{text}; mixed: {mix.describe()}" for split, text in labels.items()}
+
+
 def prepare_charades_sta(
     options: StoreOptions,
     annotations: str | os.PathLike,
     glance: bool,
     spec: PartialLabelSpec,
+    mix: LabelMix,
     simulator: SimulatorSettings | None = None,
     features_path: str | None = None,
 ) -> dict:
@@ -165,6 +176,7 @@ def prepare_charades_sta(
         path = _require(root / "glance" / f"charades_sta_{split}.txt" if glance else root / f"charades_sta_{split}.txt")
         split_samples, labels[split] = _label_samples(read_charades_sta(path, split, glance=glance), glance, spec, str(path), videos)
         samples += split_samples
+    samples, labels = _mixed(samples, labels, mix)
     source = _feature_source(simulator, features_path, options.max_steps, "actions", samples)
     return build_store(options, "charades-sta", videos, samples, source, labels)
 
@@ -177,6 +189,7 @@ def prepare_activitynet(
     annotations: str | os.PathLike,
     glance: bool,
     spec: PartialLabelSpec,
+    mix: LabelMix,
     simulator: SimulatorSettings | None = None,
     features_path: str | None = None,
     splits: tuple[str, ...] = ACTIVITYNET_SPLITS,
@@ -198,16 +211,53 @@ def prepare_activitynet(
             videos.setdefault(video_id, video)
         split_samples, labels[split] = _label_samples(split_samples, use_glance, spec, str(path), split_videos)
         samples += split_samples
+    samples, labels = _mixed(samples, labels, mix)
     source = _feature_source(simulator, features_path, options.max_steps, "moments", samples)
     return build_store(options, "activitynet-captions", videos, samples, source, labels)
 
 
-def prepare_demo(options: StoreOptions, num_videos: int, seed: int, simulator: SimulatorSettings, world: str) -> dict:
-    """The demo world `world` (`cu_scale.data.demo`) with uniformly sampled single-frame labels, simulated features."""
+def prepare_corpus(
+    options: StoreOptions,
+    annotations: str | os.PathLike,
+    durations_path: str | None,
+    spec: PartialLabelSpec | None,
+    mix: LabelMix,
+    simulator: SimulatorSettings | None = None,
+    features_path: str | None = None,
+) -> dict:
+    """A user's corpus: an annotation table in the format of `cu_scale.data.corpus`, its features, durations
+    from the table or from `durations_path` (which wins where both give one).
+
+    The labels are the table's own; with `spec`, every sample that has a full moment gets a partial label
+    sampled from it instead (a fully labelled corpus turned partial), and samples without one keep theirs.
+    """
+    samples, durations, sources = read_corpus(annotations)
+    if durations_path is not None:
+        table, table_sources = read_durations(durations_path)
+        durations, sources = {**durations, **table}, {**sources, **table_sources}
+    videos = corpus_videos(samples, durations, sources)
+    labels = {split: "as given in the annotation table" for split in dict.fromkeys(s.split for s in samples)}
+    if spec is not None:
+        with_gt = [i for i, s in enumerate(samples) if s.gt is not None]
+        sampled = assign_partial_labels([samples[i] for i in with_gt], spec, durations)
+        samples = list(samples)
+        for i, sample in zip(with_gt, sampled):
+            samples[i] = sample
+        labels = {split: f"{spec.describe()} where the table gives a full moment, else as given" for split in labels}
+    samples, labels = _mixed(samples, labels, mix)
+    source = _feature_source(simulator, features_path, options.max_steps, "moments", samples)
+    def no_duration(video_id: str) -> str:
+        return f"no duration for video {video_id}: give {annotations} a duration column" + (f" or add it to {durations_path}" if durations_path else " or a durations table")
+
+    return build_store(options, "corpus", videos, samples, source, labels, missing_video=no_duration)
+
+
+def prepare_demo(options: StoreOptions, num_videos: int, seed: int, simulator: SimulatorSettings, world: str, mix: LabelMix) -> dict:
+    """The demo world `world` (`cu_scale.data.demo`) with uniformly sampled single-frame labels (mixed by `mix`), simulated features."""
     videos, samples = generate_demo_corpus(num_videos, seed, world=world)
     spec = PartialLabelSpec("uniform", seed=seed)
     samples = assign_partial_labels(samples, spec, {v.video_id: v.duration for v in videos.values()})
-    labels = {split: spec.describe() for split in ("train", "test")}
+    samples, labels = _mixed(samples, {split: spec.describe() for split in ("train", "test")}, mix)
     return build_store(options, "demo" if world == "short" else f"demo-{world}", videos, samples, SimulatedFeatures(simulator, "actions"), labels)
 
 

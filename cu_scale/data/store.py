@@ -100,7 +100,7 @@ REJECT_REASONS = {
     "nonfinite_features": "the features hold NaN or inf",
     "wrong_feature_width": "the features do not have the store's width Dv",
     "no_feature_steps": "the features have no time steps",
-    "missing_video": "the sample's video has no features",
+    "missing_video": "the sample's video is unknown: no features, or no duration",
     "video_rejected": "the sample's video was rejected",
     "duplicate_sample_id": "another sample already has this id",
 }
@@ -257,6 +257,7 @@ class StoreWriter:
         self.clipped_counts: collections.Counter = collections.Counter()
         self.split_samples: collections.Counter = collections.Counter()
         self.split_videos: dict[str, set[str]] = collections.defaultdict(set)
+        self.split_kinds: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.feature_bytes = 0
         self.first_reject: Reject | None = None
 
@@ -311,6 +312,7 @@ class StoreWriter:
             self.clipped_counts.update(clipped)
             self.split_samples[clean.split] += 1
             self.split_videos[clean.split].add(video_id)
+            self.split_kinds[clean.split][clean.partial_kind] += 1
             self._samples.append(clean)
         self._seen_videos.add(video_id)
         self._videos.append((video_id, float(duration), features))
@@ -385,7 +387,7 @@ class StoreWriter:
                 "videos": len(self._seen_videos),
                 "samples": sum(self.split_samples.values()),
                 "splits": {
-                    split: {"samples": self.split_samples[split], "videos": len(self.split_videos[split])}
+                    split: {"samples": self.split_samples[split], "videos": len(self.split_videos[split]), "label_kinds": dict(self.split_kinds[split])}
                     for split in self.split_samples
                 },
                 "clipped_labels": dict(self.clipped_counts),
@@ -507,6 +509,14 @@ class FeatureStore:
 
     def shard_samples(self, index: int, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path / self.shards[index]["samples_file"], columns=columns, schema=SAMPLE_SCHEMA)
+
+    def video_features(self, video_id: str) -> tuple[np.ndarray, float]:
+        """One video's features (steps, Dv) as float32 and its duration in seconds, read here (no Ray)."""
+        for file in self.files("videos"):
+            table = pq.read_table(file, filters=[("video_id", "=", video_id)])
+            if table.num_rows:
+                return features_from_column(table.column("features"), self.feature_dim)[0].astype(np.float32), float(table.column("duration")[0].as_py())
+        raise StoreError(f"{self.path}: no video {video_id!r} in the store")
 
     def iter_shards(self) -> Iterator[tuple[pa.Table, pa.Table]]:
         for videos, samples in zip(self.files("videos"), self.files("samples")):

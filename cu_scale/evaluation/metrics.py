@@ -1,8 +1,10 @@
-"""Grounding metrics, computed the standard way: one predicted span per query (R@1).
+"""Grounding metrics, computed the standard way.
 
     IoU((s, e), (s*, e*)) = max(0, min(e, e*) − max(s, s*)) / (max(e, e*) − min(s, s*))
-    R@m  = 100 · mean(IoU ≥ m)  for m ∈ {0.3, 0.5, 0.7}
+    R@m  = 100 · mean(IoU ≥ m)  for m ∈ {0.3, 0.5, 0.7}, of the one (first) predicted span per query (R@1)
     mIoU = 100 · mean(IoU)
+    R@5,m = 100 · mean(max of the first five spans' IoU ≥ m)  for m ∈ {0.5, 0.7}: the field's other table,
+            for models that rank several spans per query (a query with fewer spans counts those it has)
 
 A zero-length union (both spans the same instant) counts as IoU 1 when the spans coincide, else 0.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 THRESHOLDS = (0.3, 0.5, 0.7)
+TOP_K = 5
+TOP_K_THRESHOLDS = (0.5, 0.7)
 
 
 def temporal_iou(pred_start, pred_end, gt_start, gt_end) -> np.ndarray:
@@ -28,6 +32,13 @@ def grounding_metrics(iou: np.ndarray) -> dict[str, float]:
     metrics = {f"R@{m}": float(100 * np.mean(iou >= m)) for m in THRESHOLDS}
     metrics["mIoU"] = float(100 * np.mean(iou))
     return metrics
+
+
+def recall_at_k(ious: np.ndarray, k: int = TOP_K) -> dict[str, float]:
+    """R@k at IoU 0.5 and 0.7 in percent from (n, K) IoUs of each query's ranked spans, NaN where a query
+    has fewer than K; only the first k count."""
+    best = np.nanmax(np.where(np.isnan(ious[:, :k]), -1.0, ious[:, :k]), axis=1) if len(ious) else np.zeros(0)
+    return {f"R@{k},{m}": float(100 * np.mean(best >= m)) for m in TOP_K_THRESHOLDS}
 
 
 class IoUTally:

@@ -28,7 +28,8 @@ Two models ship:
   the Hungarian assignment is this argmin), then applies L1 + gIoU to the matched span and a binary
   cross-entropy to all logits (matched = 1, others = 0 with weight `no_object_weight`, DETR's eos_coef).
   Every decoder layer gets the same loss through the shared heads (DETR's auxiliary losses). At test time
-  the candidate with the highest foreground logit answers.
+  the candidate with the highest foreground logit answers; `ranked_spans` gives the top k candidates by
+  foreground probability (no non-maximum suppression: near-duplicates count as Moment-DETR counts them).
 """
 
 from __future__ import annotations
@@ -48,6 +49,24 @@ class GroundingOutput:
     start: torch.Tensor  # (B,) normalised: the model's one answer per query
     end: torch.Tensor  # (B,)
     extras: dict = dataclasses.field(default_factory=dict)  # whatever the model's own loss needs
+    # A model that proposes several spans per query gives them here, (start, end, score), each (B, Q), the
+    # score higher for a likelier span; `ranked_spans` reads them. None: the one answer above.
+    candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+def ranked_spans(output: GroundingOutput, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best min(k, Q) spans of each query, best first: start, end and score, each (B, k').
+
+    A model without candidates (the regressor) gives its one span with score 1. The first span is the
+    model's answer only when the answer is its best-scored candidate, as it is for `SpanDETR`.
+    """
+    if k < 1:
+        raise ValueError(f"top_k must be ≥ 1, got {k}")
+    if output.candidates is None:
+        return output.start[:, None], output.end[:, None], torch.ones_like(output.start)[:, None]
+    start, end, score = output.candidates
+    order = score.argsort(dim=1, descending=True)[:, :k]
+    return start.gather(1, order), end.gather(1, order), score.gather(1, order)
 
 
 class GroundingModel(Protocol):
@@ -178,7 +197,8 @@ class SpanDETR(nn.Module):
         best = logits.argmax(dim=1)
         chosen = spans[torch.arange(len(best), device=best.device), best]
         start, end = centre_width_to_span(chosen[:, 0], chosen[:, 1])
-        return GroundingOutput(start, end, {"per_layer": per_layer})
+        every_start, every_end = centre_width_to_span(spans[..., 0], spans[..., 1])
+        return GroundingOutput(start, end, {"per_layer": per_layer}, candidates=(every_start, every_end, torch.sigmoid(logits)))
 
     def _set_loss(self, spans, logits, target_start, target_end):
         start, end = centre_width_to_span(spans[..., 0], spans[..., 1])  # (B, Q)

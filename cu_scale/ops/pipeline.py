@@ -103,7 +103,7 @@ def stage_seconds(run_dir: str | os.PathLike) -> float:
 
 def needs_pseudo_labels(config: RunConfig) -> bool:
     """The implicit and pseudo-label stages run only when some explicit label source reads pseudo-labels."""
-    return "pseudo" in config.explicit.label_sources
+    return bool({"pseudo", "mixed"} & set(config.explicit.label_sources))
 
 
 # -- the stages --------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def _explicit(p: Pipeline) -> dict:
 
 
 def _evaluate(p: Pipeline) -> dict:
-    from cu_scale.evaluation.predictions import evaluate_predictions, read_predictions
+    from cu_scale.evaluation.predictions import evaluate_predictions, iter_predictions
     from cu_scale.stages.explicit import predict_split, stage_name
     from cu_scale.stages.pseudo_labels import PSEUDO_LABELS_DIR, pseudo_label_shape, score_pseudo_labels
     from cu_scale.stages.training import latest_checkpoint
@@ -238,11 +238,11 @@ def _evaluate(p: Pipeline) -> dict:
         for source in c.explicit.label_sources
     }
     checkpoints = {name: t[2] for name, t in trained.items()}
-    files = p.watched("evaluate", lambda beat: predict_split(c.store, checkpoints, c.explicit.test_split, c.encode, p.run_dir / PREDICTIONS_DIR, heartbeat=beat))
+    files = p.watched("evaluate", lambda beat: predict_split(c.store, checkpoints, c.explicit.test_split, c.encode, p.run_dir / PREDICTIONS_DIR, heartbeat=beat, top_k=c.explicit.top_k))
     results = {}
     for name, (model, source, _) in trained.items():
         path = files[name]
-        results[name] = {"model": model, "label_source": source, "split": c.explicit.test_split, "predictions_file": str(path), **evaluate_predictions(read_predictions(path))}
+        results[name] = {"model": model, "label_source": source, "split": c.explicit.test_split, "predictions_file": str(path), **evaluate_predictions(iter_predictions(path))}
     pseudo = shape = None
     if (p.run_dir / PSEUDO_LABELS_DIR).is_dir() and needs_pseudo_labels(c):
         pseudo, shape = score_pseudo_labels(p.run_dir / PSEUDO_LABELS_DIR), pseudo_label_shape(p.run_dir / PSEUDO_LABELS_DIR)
@@ -330,13 +330,14 @@ STAGES = (
     Stage("pseudo-label", _pseudo_label, settings=lambda c: {"needed": needs_pseudo_labels(c)}, artifacts=_pseudo_labels_dir, hint=INFERENCE_HINT),
     Stage(
         "explicit", _explicit,
-        settings=lambda c: {"explicit": _without(c.explicit, "checkpoint_every")},  # how often checkpoints are written does not change what is trained
+        # how often checkpoints are written, and how many spans the evaluation keeps, do not change what is trained
+        settings=lambda c: {"explicit": _without(c.explicit, "checkpoint_every", "top_k")},
         artifacts=lambda c: [pathlib.Path(c.run_dir) / EXPLICIT_DIR],
         hint=TRAINING_HINT.format(section="explicit"),
     ),
     Stage(
         "evaluate", _evaluate,
-        settings=lambda c: {"test_split": c.explicit.test_split},
+        settings=lambda c: {"test_split": c.explicit.test_split, "top_k": c.explicit.top_k},
         artifacts=lambda c: [pathlib.Path(c.run_dir) / PREDICTIONS_DIR, pathlib.Path(c.run_dir) / METRICS_FILE],
         hint=INFERENCE_HINT,
     ),
@@ -452,7 +453,7 @@ def _differences(old, new, prefix: str = "") -> list[str]:
 def build_store(p: PrepareConfig, out: str, overwrite: bool = False, progress: bool = True) -> dict:
     """A feature store at `out`, as `p` says: the prepare stage of a run, and `cu-scale prepare`."""
     from cu_scale.data import prepare
-    from cu_scale.data.partial_labels import PartialLabelSpec
+    from cu_scale.data.partial_labels import LabelMix, PartialLabelSpec
     from cu_scale.data.simulator import SimulatorSettings
     from cu_scale.data.store import LabelPolicy
 
@@ -461,11 +462,14 @@ def build_store(p: PrepareConfig, out: str, overwrite: bool = False, progress: b
         strict=p.strict, overwrite=overwrite, progress=progress,
     )
     noise = {} if p.noise is None else {"noise": p.noise}
+    mix = LabelMix(full=p.full_fraction, unlabelled=p.unlabelled_fraction, seed=p.partial_seed)
     if p.dataset == "demo":
         simulator = SimulatorSettings(feature_dim=p.feature_dim, max_steps=p.max_steps, steps_per_second=1.0, seed=p.seed, world_seed=p.world_seed, **noise)
-        return prepare.prepare_demo(options, num_videos=p.videos, seed=p.seed, simulator=simulator, world=p.world)
+        return prepare.prepare_demo(options, num_videos=p.videos, seed=p.seed, simulator=simulator, world=p.world, mix=mix)
     spec = PartialLabelSpec(p.partial, seed=p.partial_seed, clip_seconds=p.clip_seconds)
     simulator = None if p.features else SimulatorSettings(feature_dim=p.feature_dim, max_steps=p.max_steps, seed=p.seed, world_seed=p.world_seed, **noise)
     if p.dataset == "charades-sta":
-        return prepare.prepare_charades_sta(options, p.annotations, p.glance, spec, simulator, p.features)
-    return prepare.prepare_activitynet(options, p.annotations, p.glance, spec, simulator, p.features, tuple(p.splits))
+        return prepare.prepare_charades_sta(options, p.annotations, p.glance, spec, mix, simulator, p.features)
+    if p.dataset == "corpus":
+        return prepare.prepare_corpus(options, p.annotations, p.durations, spec if p.sample_labels else None, mix, simulator, p.features)
+    return prepare.prepare_activitynet(options, p.annotations, p.glance, spec, mix, simulator, p.features, tuple(p.splits))

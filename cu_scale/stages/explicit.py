@@ -8,8 +8,9 @@ nothing of either (`cu_scale.method.grounding_models`). `predict_split` runs the
 Ray Data batch inference and writes the predictions files (`cu_scale.evaluation.predictions`).
 
 Label sources (`explicit.label_sources`): ``pseudo`` reads RUN_DIR/pseudo_labels/, ``gt`` the store's
-ground truth, ``partial`` the raw partial labels (zero-length for single-frame labels). Training samples
-without the chosen label are left out, and the count is reported. Targets are normalised by the video's
+ground truth, ``partial`` the raw partial labels (zero-length for single-frame labels), ``mixed`` a sample's
+full moment where its label kind is full and its pseudo-label elsewhere. Training samples without the
+chosen label are left out (an unlabelled sample has no pseudo-label either), and the count is reported. Targets are normalised by the video's
 duration and clipped to [0, 1].
 """
 
@@ -111,7 +112,7 @@ def train_explicit(
 
     model_class(model)  # fail here, not in a worker, on a wrong class path
     pseudo_labels = pathlib.Path(run_dir) / PSEUDO_LABELS_DIR
-    if source == "pseudo" and not pseudo_labels.is_dir():
+    if source in ("pseudo", "mixed") and not pseudo_labels.is_dir():
         raise FileNotFoundError(f"{pseudo_labels} is missing: run the pseudo-label stage first (or choose explicit.label_sources: [gt] or [partial])")
     store = FeatureStore(store_path)
     layout = StoreLayout.of(store, check_encoder(store, encode))
@@ -151,21 +152,25 @@ def load_explicit_model(checkpoint_dir: str | os.PathLike):
     return model.eval()
 
 
-class Grounder:
-    """A Ray Data actor: trained grounding models; one batch of inference rows in, each model's spans out."""
+class GroundingActor:
+    """A Ray Data actor: trained grounding models; one batch of inference rows in, each model's ranked spans
+    (up to `top_k`, best first, in seconds) out."""
 
-    def __init__(self, checkpoints: dict[str, str], threads: int):
+    def __init__(self, checkpoints: dict[str, str], threads: int, top_k: int):
         import torch
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.models = {name: load_explicit_model(path).to(self.device) for name, path in checkpoints.items()}
+        self.top_k = top_k
 
     def __call__(self, batch: dict) -> dict:
+        from cu_scale.method.grounding_models import ranked_spans
+
         torch = self.torch
-        duration = batch["duration"]
-        out = {key: batch[key] for key in ("sample_id", "video_id", "query", "gt_start", "gt_end", "duration")}
+        duration = batch["duration"][:, None]
+        out = {key: batch[key] for key in ("sample_id", "video_id", "query", "partial_kind", "gt_start", "gt_end", "duration")}
         with torch.inference_mode():
             inputs = (
                 torch.as_tensor(batch["features"], device=self.device).float(),
@@ -174,15 +179,21 @@ class Grounder:
                 torch.as_tensor(batch["words_valid"], device=self.device),
             )
             for index, model in enumerate(self.models.values()):
-                spans = model(*inputs)
-                out[f"start_{index}"] = spans.start.double().cpu().numpy() * duration
-                out[f"end_{index}"] = spans.end.double().cpu().numpy() * duration
+                output = model(*inputs)
+                start, end, score = (x.double().cpu().numpy() for x in ranked_spans(output, self.top_k))
+                out[f"pred_start_{index}"] = output.start.double().cpu().numpy() * duration[:, 0]
+                out[f"pred_end_{index}"] = output.end.double().cpu().numpy() * duration[:, 0]
+                out[f"spans_start_{index}"], out[f"spans_end_{index}"], out[f"spans_score_{index}"] = start * duration, end * duration, score
         return out
 
 
-def predict_split(store_path: str, checkpoints: dict[str, str | os.PathLike], split: str, encode: EncodeConfig, out_dir: str | os.PathLike, heartbeat=None) -> dict[str, pathlib.Path]:
+def predict_split(
+    store_path: str, checkpoints: dict[str, str | os.PathLike], split: str, encode: EncodeConfig, out_dir: str | os.PathLike,
+    heartbeat=None, top_k: int = 1, parquet: bool = False,
+) -> dict[str, pathlib.Path]:
     """Ground every sample of `split` with each trained model, in one pass over the split, and write each
-    model's predictions file OUT_DIR/<name>.jsonl as the batches arrive (store order): {name: file}."""
+    model's predictions OUT_DIR/<name>.jsonl (and with `parquet` OUT_DIR/<name>.parquet) as the batches arrive,
+    in store order: {name: JSON Lines file}. Each record holds the model's answer and its `top_k` best spans."""
     import ray
 
     from cu_scale.stages.encode import check_encoder
@@ -196,24 +207,27 @@ def predict_split(store_path: str, checkpoints: dict[str, str | os.PathLike], sp
     pool = actor_pool(encode.actors, gpu=encode.device, readers=READ_TASK_CPUS)
     names = list(checkpoints)
     predictions = inference_dataset(layout, split).map_batches(
-        Grounder,
-        fn_constructor_kwargs={"checkpoints": {name: str(path) for name, path in checkpoints.items()}, "threads": pool.threads},
+        GroundingActor,
+        fn_constructor_kwargs={"checkpoints": {name: str(path) for name, path in checkpoints.items()}, "threads": pool.threads, "top_k": top_k},
         batch_size=INFERENCE_ROWS,
         compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_gpus=pool.gpus_per_actor,
         num_cpus=pool.cpus_per_actor,
     )
     predictions.context.execution_options.preserve_order = True
-    writers = {name: PredictionsWriter(pathlib.Path(out_dir) / f"{name}.jsonl") for name in names}
+    out_dir = pathlib.Path(out_dir)
+    writers = {name: [PredictionsWriter(out_dir / f"{name}.jsonl")] + ([PredictionsWriter(out_dir / f"{name}.parquet", parquet=True)] if parquet else []) for name in names}
     for batch in predictions.iter_batches(batch_size=None, batch_format="numpy"):
         if heartbeat is not None:
             heartbeat.beat.remote(len(batch["sample_id"]))
         for i in range(len(batch["sample_id"])):
             for index, name in enumerate(names):
-                writers[name].write(
-                    prediction_record(
-                        batch["sample_id"][i], batch["video_id"][i], batch["query"][i], (batch[f"start_{index}"][i], batch[f"end_{index}"][i]),
-                        (batch["gt_start"][i], batch["gt_end"][i]), batch["duration"][i],
-                    )
+                record = prediction_record(
+                    batch["sample_id"][i], batch["video_id"][i], batch["query"][i], (batch[f"pred_start_{index}"][i], batch[f"pred_end_{index}"][i]),
+                    (batch["gt_start"][i], batch["gt_end"][i]), batch["duration"][i],
+                    spans=(batch[f"spans_start_{index}"][i], batch[f"spans_end_{index}"][i], batch[f"spans_score_{index}"][i]),
+                    label_kind=batch["partial_kind"][i],
                 )
-    return {name: writer.close() for name, writer in writers.items()}
+                for writer in writers[name]:
+                    writer.write(record)
+    return {name: [writer.close() for writer in files][0] for name, files in writers.items()}

@@ -16,6 +16,16 @@ The learning rate warms up linearly over the first 5% of the steps and then foll
 (`lr_schedule: cosine`, DeepSpeed's WarmupCosineLR): with a constant rate the pseudo-label mIoU of successive
 epochs swung by ±2 points on simulated Charades-STA, and no epoch can be picked by its pseudo-label quality
 without ground truth. The schedule's total is exact: every epoch's step count is planned before training.
+
+*Mixed supervision* (a store whose samples carry different label kinds, `cu_scale.data.records.PARTIAL_KINDS`):
+the stage trains on every sample that has a label, of whatever kind. A full label is the tightest partial
+label: it is the sample's partial label (the store writes the moment there), so Eq. 8 holds the event to
+cover the whole moment, and the event detector starts from the moment's centre as it does from a clip's.
+An unlabelled sample is left out of the batches: the event detector needs an anchor inside the moment,
+and every one of Eq. 4-8 compares or places that sample's event, so none is defined for it. Its query
+still shapes the query clusters (`cu-scale cluster` clusters every training query), and so which samples
+are positives and negatives of each other in Eq. 6-7; it gets no pseudo-label, and the explicit stage
+leaves it out.
 """
 
 from __future__ import annotations

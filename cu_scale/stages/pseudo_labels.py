@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from cu_scale.evaluation.metrics import IoUTally, temporal_iou
 
 PSEUDO_LABELS_DIR = "pseudo_labels"
-OUTPUT_COLUMNS = ("sample_id", "pseudo_start", "pseudo_end", "partial_start", "partial_end", "gt_start", "gt_end", "duration")
+OUTPUT_COLUMNS = ("sample_id", "pseudo_start", "pseudo_end", "partial_start", "partial_end", "gt_start", "gt_end", "duration", "partial_kind")
 
 
 class PseudoLabeler:
@@ -130,16 +130,19 @@ def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: st
 
 
 def _scored_shards(directory: str | os.PathLike):
-    """The pseudo-label files' columns (float seconds), one shard at a time, on the samples with ground truth."""
+    """The pseudo-label files' columns (float seconds; partial_kind as text), one shard at a time, on the
+    samples with ground truth. Files written before label kinds were kept read as kind "unknown"."""
     for part in sorted(pathlib.Path(directory).glob("part-*.parquet")):
-        table = pq.read_table(part, columns=list(OUTPUT_COLUMNS[1:]))
-        columns = {name: table.column(name).to_numpy(zero_copy_only=False).astype(float) for name in table.column_names}
+        table = pq.read_table(part, columns=[c for c in OUTPUT_COLUMNS[1:] if c in pq.read_schema(part).names])
+        columns = {name: table.column(name).to_numpy(zero_copy_only=False).astype(float) for name in table.column_names if name != "partial_kind"}
+        kinds = table.column("partial_kind").to_numpy(zero_copy_only=False) if "partial_kind" in table.column_names else np.full(table.num_rows, "unknown")
         known = ~np.isnan(columns["gt_start"])
-        yield {name: values[known] for name, values in columns.items()}
+        yield {**{name: values[known] for name, values in columns.items()}, "partial_kind": kinds[known]}
 
 
 def score_pseudo_labels(directory: str | os.PathLike) -> dict[str, dict[str, float]] | None:
-    """Metrics of the pseudo-labels in `directory` and of the two baselines, on the samples with ground truth."""
+    """Metrics of the pseudo-labels in `directory` and of the two baselines, on the samples with ground truth;
+    with samples of several label kinds (mixed supervision), the pseudo-labels' metrics per kind too."""
     count, total_length = 0, 0.0
     for c in _scored_shards(directory):
         count, total_length = count + len(c["gt_start"]), total_length + float((c["gt_end"] - c["gt_start"]).sum())
@@ -147,15 +150,21 @@ def score_pseudo_labels(directory: str | os.PathLike) -> dict[str, dict[str, flo
         return None
     mean_length = total_length / count
     tallies = {"pseudo": IoUTally(), "as is": IoUTally(), "widened": IoUTally()}
+    by_kind: dict[str, IoUTally] = {}
     for c in _scored_shards(directory):
         gt = (c["gt_start"], c["gt_end"])
         centre = (c["partial_start"] + c["partial_end"]) / 2
         widened = (np.clip(centre - mean_length / 2, 0, c["duration"]), np.clip(centre + mean_length / 2, 0, c["duration"]))
-        tallies["pseudo"].add(temporal_iou(c["pseudo_start"], c["pseudo_end"], *gt))
+        pseudo = temporal_iou(c["pseudo_start"], c["pseudo_end"], *gt)
+        tallies["pseudo"].add(pseudo)
         tallies["as is"].add(temporal_iou(c["partial_start"], c["partial_end"], *gt))
         tallies["widened"].add(temporal_iou(*widened, *gt))
+        for kind in np.unique(c["partial_kind"]):
+            by_kind.setdefault(str(kind), IoUTally()).add(pseudo[c["partial_kind"] == kind])
+    kinds = {f"  of {kind} labels ({tally.count:,})": tally.metrics() for kind, tally in sorted(by_kind.items())} if len(by_kind) > 1 else {}
     return {
         "pseudo-labels": tallies["pseudo"].metrics(),
+        **kinds,
         "partial label as is": tallies["as is"].metrics(),
         f"partial widened to mean length {mean_length:.1f} s": tallies["widened"].metrics(),
     }

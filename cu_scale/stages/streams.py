@@ -141,7 +141,7 @@ class Window:
             row_of = {v: i for i, v in enumerate(videos.column("video_id").to_pylist())}
             video_ids = samples.column("video_id").to_numpy(zero_copy_only=False)[rows]
             video_rows = np.array([row_of[v] for v in video_ids], np.int64)
-            part = {name: samples.column(name).to_numpy(zero_copy_only=False)[rows] for name in ("sample_id", "video_id", "query", "partial_start", "partial_end", "gt_start", "gt_end")}
+            part = {name: samples.column(name).to_numpy(zero_copy_only=False)[rows] for name in ("sample_id", "video_id", "query", "partial_kind", "partial_start", "partial_end", "gt_start", "gt_end")}
             part["duration"] = videos.column("duration").to_numpy()[video_rows]
             part["video"] = video_rows + len(self.video_views)
             part["words"] = np.arange(len(rows)) + len(self.word_views)
@@ -351,10 +351,11 @@ def implicit_stream(layout: StoreLayout, clusters_dir: str, memberships: int, pe
 
 def explicit_labels(layout: StoreLayout, source: str, pseudo_labels_dir: str | None):
     """A `Window` `extra` that reads the training label of `source` as target_start, target_end (seconds):
-    the store's ground truth or partial label, or the pseudo-label stage's file of the shard."""
+    the store's ground truth or partial label, the pseudo-label stage's file of the shard, or for ``mixed``
+    the pseudo-label where the sample's label kind is not full and its full moment (its label) where it is."""
 
     def labels_of(index: int, samples: pa.Table, rows: np.ndarray) -> dict:
-        if source != "pseudo":
+        if source in ("gt", "partial"):
             prefix = "gt" if source == "gt" else "partial"
             return {"target_start": samples.column(f"{prefix}_start").to_numpy(zero_copy_only=False)[rows].astype(float),
                     "target_end": samples.column(f"{prefix}_end").to_numpy(zero_copy_only=False)[rows].astype(float)}
@@ -363,7 +364,13 @@ def explicit_labels(layout: StoreLayout, source: str, pseudo_labels_dir: str | N
         if where.null_count:
             raise StoreError(f"{pseudo_labels_dir}: {where.null_count} training samples of {layout.shards[index][1]} have no pseudo-label: rerun the pseudo-label stage")
         where = where.to_numpy()
-        return {"target_start": table.column("pseudo_start").to_numpy()[where], "target_end": table.column("pseudo_end").to_numpy()[where]}
+        target = {"target_start": table.column("pseudo_start").to_numpy()[where], "target_end": table.column("pseudo_end").to_numpy()[where]}
+        if source == "mixed":
+            full = samples.column("partial_kind").to_numpy(zero_copy_only=False)[rows] == "full"
+            for side in ("start", "end"):
+                label = samples.column(f"partial_{side}").to_numpy(zero_copy_only=False)[rows].astype(float)
+                target[f"target_{side}"] = np.where(full, label, target[f"target_{side}"])
+        return target
 
     return labels_of
 
@@ -371,8 +378,9 @@ def explicit_labels(layout: StoreLayout, source: str, pseudo_labels_dir: str | N
 def explicit_targets(columns: dict[str, np.ndarray], source: str, attend_to_partial: bool) -> dict[str, np.ndarray]:
     """target_start, target_end, inside_start, inside_end (f32, normalised by the duration, clipped to [0, 1])
     of a window's columns read with `explicit_labels`: the span to learn, and a span known to lie in the
-    moment (the partial label for pseudo-labels with `attend_to_partial`, the target otherwise)."""
-    inside = "partial" if source == "pseudo" and attend_to_partial else "target"
+    moment (the partial label for pseudo-labels with `attend_to_partial`, the target otherwise; a full label
+    is its own partial label, so ``mixed`` reads the partial label for every sample)."""
+    inside = "partial" if source in ("pseudo", "mixed") and attend_to_partial else "target"
     return {
         f"{name}_{side}": np.clip(columns[f"{column}_{side}"] / columns["duration"], 0, 1).astype(np.float32)
         for name, column in (("target", "target"), ("inside", inside))
@@ -403,9 +411,9 @@ def explicit_stream(layout: StoreLayout, source: str, pseudo_labels_dir: str | N
 
 
 def labelled_mask(source: str):
-    """Which samples of a shard have a label of `source` (pseudo-labels: the samples with a partial label,
-    the ones the pseudo-label stage labels)."""
-    column = {"gt": "gt_start", "partial": "partial_start", "pseudo": "partial_start"}[source]
+    """Which samples of a shard have a label of `source` (pseudo-labels and mixed: the samples with a partial
+    label, full ones included, the ones the pseudo-label stage labels; an unlabelled sample trains nothing)."""
+    column = {"gt": "gt_start", "partial": "partial_start", "pseudo": "partial_start", "mixed": "partial_start"}[source]
 
     def keep(samples: pa.Table) -> np.ndarray:
         return pc.is_valid(samples.column(column)).to_numpy(zero_copy_only=False)
@@ -443,7 +451,7 @@ def validation_videos(video_ids, fraction: float, seed: int) -> np.ndarray:
 
 def inference_dataset(layout: StoreLayout, split: str, *, partial_only: bool = False, validation: dict | None = None, shards=None, columns=None):
     """The samples of `split` as Ray Data rows, one per sample, read shard by shard (one task per shard,
-    blocks of at most `INFERENCE_ROWS`). Columns: sample_id, video_id, query (strings), shard, sample_key,
+    blocks of at most `INFERENCE_ROWS`). Columns: sample_id, video_id, query, partial_kind (strings), shard, sample_key,
     duration, partial_start, partial_end, gt_start, gt_end (float64, NaN when unknown), features
     (T, Dv) f16, mask (T,), words (M, Dq) f16, words_valid (M,).
 
@@ -468,7 +476,7 @@ def inference_dataset(layout: StoreLayout, split: str, *, partial_only: bool = F
             window = Window(layout, [int(index)], split, keep=keep)
             for start in range(0, window.size, INFERENCE_ROWS):
                 positions = np.arange(start, min(start + INFERENCE_ROWS, window.size))
-                rows = {name: window.columns[name][positions] for name in ("sample_id", "video_id", "query", "shard", "sample_key", "duration")}
+                rows = {name: window.columns[name][positions] for name in ("sample_id", "video_id", "query", "partial_kind", "shard", "sample_key", "duration")}
                 for name in ("partial_start", "partial_end", "gt_start", "gt_end"):
                     rows[name] = window.columns[name][positions].astype(np.float64)  # None (unknown) → NaN
                 rows.update(window.gather(positions))
