@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--duration", type=float, metavar="SECONDS", help="one query: the video's duration (features carry no time)")
     predict.add_argument("--store", metavar="STORE", help="a whole split: a feature store (its queries are encoded with the run's encoder first if they are not)")
     predict.add_argument("--split", default="test", help="a whole split: which (default test)")
-    predict.add_argument("--out", metavar="DIR", help="a whole split: where to write (default RUN_DIR/predictions/STORE-SPLIT)")
+    predict.add_argument("--out", metavar="DIR", help="a whole split: where to write (default RUN_DIR/store_predictions/STORE-SPLIT)")
     predict.add_argument("--top-k", type=int, default=None, metavar="K", help="spans per query, best first (default: 1 for one query, 5 for a store)")
     predict.add_argument("--model", metavar="NAME", help="which explicit model, e.g. SpanDETR-pseudo (default: one query, the first trained on pseudo-labels; a store, all)")
     predict.set_defaults(run=_run_predict)

@@ -75,8 +75,8 @@ class PrepareConfig:
     features: str | None = None  # a directory of VIDEO.npy, one .h5 file or a .parquet table; None: simulate features
     durations: str | None = None  # corpus only: a table of video_id, duration (else the annotation table's duration column)
     sample_labels: bool = False  # corpus only: replace the table's labels by ones sampled from its full moments (`partial`)
-    full_fraction: float = 0.0  # mixed supervision: this fraction of the samples with ground truth train from their full moment
-    unlabelled_fraction: float = 0.0  # ... and this fraction from nothing (seeded by partial_seed)
+    full_fraction: float = 0.0  # mixed supervision: this fraction of the training samples with ground truth train from their full moment
+    unlabelled_fraction: float = 0.0  # ... and this fraction from nothing (seeded by partial_seed); other splits keep their labels
     feature_dim: int = 1024  # Dv of simulated features (I3D's)
     noise: float | None = None  # simulator noise; None: the calibrated default (cu_scale.data.simulator)
     steps: int | None = None  # T, max feature steps per video; None: DEFAULT_STEPS of the dataset

@@ -29,7 +29,10 @@ class AnnotationError(ValueError):
     """An annotation file that cannot be parsed; the message starts with ``file:line`` or ``file:key``."""
 
 
-def _number(text: str, where: str, field: str) -> float:
+def parse_number(text, where: str, field: str) -> float:
+    """`text` (a string or a number, never a bool) as a finite float, or an `AnnotationError` naming where and which field."""
+    if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        raise AnnotationError(f"{where}: {field} {text!r} is not a number")
     try:
         value = float(text)
     except ValueError:
@@ -57,10 +60,10 @@ def read_charades_sta(path: str | os.PathLike, split: str, glance: bool = False)
             if len(parts) != (3 if glance else 2) or len(head) != 3:
                 raise AnnotationError(f"{where}: expected {expected}, got {line!r}")
             video_id = head[0]
-            moment = (_number(head[1], where, "start"), _number(head[2], where, "end"))
+            moment = (parse_number(head[1], where, "start"), parse_number(head[2], where, "end"))
             partial, kind = None, "none"
             if glance:
-                instant = _number(parts[1], where, "glance")
+                instant = parse_number(parts[1], where, "glance")
                 partial, kind = (instant, instant), "single-frame"
             samples.append(
                 Sample(
@@ -95,13 +98,13 @@ def read_charades_v1(path: str | os.PathLike) -> dict[str, Video]:
                 events.append(
                     Event(
                         concepts=(fields[0],),
-                        start=_number(fields[1], where, "action start"),
-                        end=_number(fields[2], where, "action end"),
+                        start=parse_number(fields[1], where, "action start"),
+                        end=parse_number(fields[2], where, "action end"),
                     )
                 )
             videos[row["id"]] = Video(
                 video_id=row["id"],
-                duration=_number(row["length"], where, "length"),
+                duration=parse_number(row["length"], where, "length"),
                 source=where,
                 events=tuple(events),
                 scene=row["scene"] or None,
@@ -148,14 +151,14 @@ def read_activitynet(path: str | os.PathLike, split: str, glance: bool = False) 
         if glance and (glances is None or len(glances) != len(sentences)):
             found = "none" if glances is None else len(glances)
             raise AnnotationError(f"{where}: glance file needs one 'glance' per sentence ({len(sentences)}), got {found}")
-        videos[video_id] = Video(video_id, _number(str(entry["duration"]), where, "duration"), source=where)
+        videos[video_id] = Video(video_id, parse_number(str(entry["duration"]), where, "duration"), source=where)
         for k, (stamp, sentence) in enumerate(zip(timestamps, sentences)):
             if not isinstance(stamp, (list, tuple)) or len(stamp) != 2:
                 raise AnnotationError(f"{where}: timestamp {k} is {stamp!r}, expected [start, end]")
-            moment = (_number(str(stamp[0]), where, "start"), _number(str(stamp[1]), where, "end"))
+            moment = (parse_number(str(stamp[0]), where, "start"), parse_number(str(stamp[1]), where, "end"))
             partial, kind = None, "none"
             if glances is not None:
-                instant = _number(str(glances[k]), where, f"glance {k}")
+                instant = parse_number(str(glances[k]), where, f"glance {k}")
                 partial, kind = (instant, instant), "single-frame"
             samples.append(
                 Sample(

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import pathlib
 from typing import Iterator
 
-from cu_scale.data.annotations import AnnotationError
+from cu_scale.data.annotations import AnnotationError, parse_number
 from cu_scale.data.records import Sample, Video
 
 FORMATS = {".jsonl": "JSON Lines", ".json": "JSON Lines", ".csv": "CSV", ".parquet": "Parquet"}
@@ -88,17 +87,7 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
 
 def _number(row: dict, field: str, where: str) -> float | None:
     value = row.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise AnnotationError(f"{where}: {field} {value!r} is not a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise AnnotationError(f"{where}: {field} {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise AnnotationError(f"{where}: {field} {value!r} is not a finite number")
-    return number
+    return None if value is None else parse_number(value, where, field)
 
 
 def _text(row: dict, field: str, where: str) -> str:

@@ -130,15 +130,19 @@ class LabelMix:
         return f"{100 * self.full:g}% full and {100 * self.unlabelled:g}% unlabelled (seed {self.seed})"
 
 
+MIXED_SPLIT = "train"  # the split the stages train on; a mix changes how it is supervised, never what is evaluated
+
+
 def mix_label_kinds(samples: list[Sample], mix: LabelMix) -> list[Sample]:
-    """`samples` with round(full·n) of the n that have ground truth turned into full labels and round(unlabelled·n)
-    others into unlabelled samples, chosen by a permutation seeded by `mix.seed`; the rest are unchanged.
+    """`samples` with round(full·n) of the n training samples (split `MIXED_SPLIT`) that have ground truth turned
+    into full labels and round(unlabelled·n) others into unlabelled samples, chosen by a permutation seeded by
+    `mix.seed`; the rest, and every sample of the other splits, are unchanged.
 
     Which samples are chosen depends on their order and the seed only, not on their labels: the 90% of a
     10%-full mix keep exactly the partial labels they have in the all-partial corpus, so the two differ by
     the full labels alone.
     """
-    with_gt = [i for i, s in enumerate(samples) if s.gt is not None]
+    with_gt = [i for i, s in enumerate(samples) if s.gt is not None and s.split == MIXED_SPLIT]
     order = np.random.default_rng(mix.seed).permutation(len(with_gt))
     full_count, none_count = round(mix.full * len(with_gt)), round(mix.unlabelled * len(with_gt))
     out = list(samples)

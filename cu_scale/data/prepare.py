@@ -20,7 +20,7 @@ from cu_scale.data.annotations import read_activitynet, read_charades_sta, read_
 from cu_scale.data.corpus import corpus_videos, read_corpus, read_durations
 from cu_scale.data.demo import generate_demo_corpus
 from cu_scale.data.features import open_features
-from cu_scale.data.partial_labels import LabelMix, PartialLabelSpec, assign_partial_labels, mix_label_kinds
+from cu_scale.data.partial_labels import MIXED_SPLIT, LabelMix, PartialLabelSpec, assign_partial_labels, mix_label_kinds
 from cu_scale.data.records import Sample, Video
 from cu_scale.data.simulator import FeatureSimulator, SimulatorSettings, events_from_moments
 from cu_scale.data.store import LabelPolicy, StoreWriter
@@ -154,7 +154,7 @@ def _mixed(samples: list[Sample], labels: dict[str, str], mix: LabelMix) -> tupl
     """The samples after `mix` (none when both fractions are 0), and the label descriptions saying so."""
     if not (mix.full or mix.unlabelled):
         return samples, labels
-    return mix_label_kinds(samples, mix), {split: f"{text}; mixed: {mix.describe()}" for split, text in labels.items()}
+    return mix_label_kinds(samples, mix), {split: f"{text}; mixed: {mix.describe()}" if split == MIXED_SPLIT else text for split, text in labels.items()}
 
 
 def prepare_charades_sta(

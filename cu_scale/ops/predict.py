@@ -28,6 +28,8 @@ import numpy as np
 from cu_scale.ops.pipeline import EXPLICIT_DIR, finished_marker
 from cu_scale.stages.training import checkpoints, latest_checkpoint
 
+STORE_PREDICTIONS_DIR = "store_predictions"  # RUN_DIR/store_predictions/<store>-<split>: `cu-scale predict --store`
+
 
 def trained_models(run_dir: pathlib.Path) -> list[pathlib.Path]:
     """The directories of the run's trained explicit models (RUN_DIR/explicit/<Model>-<source>)."""
@@ -112,13 +114,15 @@ def predict_store(
     models: list[str] | None = None,
 ) -> dict:
     """Every trained explicit model of the run (or those named) over the `split` samples of a store, with Ray
-    Data batch inference: OUT_DIR/<model>.parquet and .jsonl (default OUT_DIR: RUN_DIR/predictions/<store>-<split>).
+    Data batch inference: OUT_DIR/<model>.parquet and .jsonl. The default OUT_DIR is
+    RUN_DIR/store_predictions/<store>-<split>, apart from the evaluate stage's RUN_DIR/predictions, which a
+    rerun of that stage clears.
 
     The store's queries are encoded first with the run's encoder where they are not yet (resumable, written
     into the store as the encode stage does). Returns {"files": {model: jsonl}, "seconds", "rows", "out"}."""
     from cu_scale.config import EncodeConfig
     from cu_scale.data.store import FeatureStore
-    from cu_scale.ops.pipeline import PREDICTIONS_DIR, start_ray
+    from cu_scale.ops.pipeline import start_ray
     from cu_scale.stages.encode import encode_store
     from cu_scale.stages.explicit import predict_split
 
@@ -131,7 +135,7 @@ def predict_store(
     if not store.manifest["counts"]["splits"].get(split):
         raise ValueError(f"{store.path}: no sample of split {split!r}; the store has {', '.join(store.manifest['counts']['splits'])}")
     encode = EncodeConfig(**finished_marker(run_dir, "encode")["settings"]["encode"])
-    out = pathlib.Path(out_dir) if out_dir else run_dir / PREDICTIONS_DIR / f"{store.path.name}-{split}"
+    out = pathlib.Path(out_dir) if out_dir else run_dir / STORE_PREDICTIONS_DIR / f"{store.path.name}-{split}"
     start_ray()
     started = time.perf_counter()
     encode_store(str(store.path), encode, progress=False)
