@@ -27,6 +27,7 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
         "partial_start": torch.tensor([0.2, 0.4, 0.55, 0.7]),
         "partial_end": torch.tensor([0.2, 0.6, 0.55, 0.9]),
         "clusters": torch.tensor([[0], [0], [1], [1]]),
+        "full": torch.tensor([False, True, False, False]),
     }
 
 
@@ -43,7 +44,7 @@ def test_the_step_is_the_models_forward_pass_and_eq_3_to_8():
     out = model(batch["features"], batch["mask"], batch["words"], batch["words_valid"], batch["anchor"])
     expected, expected_terms = implicit_loss(
         losses, out.v_ev, out.v_bg, out.v_vd, out.q, None, batch["clusters"], out.start, out.end,
-        batch["partial_start"], batch["partial_end"], steps=(out.video, out.mask, out.context, out.valid),
+        batch["partial_start"], batch["partial_end"], steps=(out.video, out.mask, out.context, out.valid), full=batch["full"],
     )
     assert total.item() == pytest.approx(expected.item(), abs=1e-6) and terms["total"] == pytest.approx(total.item())
     assert {k: v for k, v in terms.items() if k != "event_width"} == pytest.approx(expected_terms, abs=1e-6)

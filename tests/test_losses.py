@@ -182,6 +182,23 @@ def test_grounding_eq8():
     assert grounding_loss(start, end, partial_start, partial_end).item() == pytest.approx(0.05, abs=1e-6)
 
 
+def test_a_full_label_holds_the_event_from_both_sides_with_match():
+    # events [0.3, 0.6]; labels: a full moment [0.4, 0.5] inside the event, a full moment [0.2, 0.7] around it,
+    # a single frame 0.65 past its end. Eq. 8: 0, 0.1, 0.05. The mirror, max(ê − t_e, t_s − ŝ, 0), on full
+    # labels only: max(0.1, 0.1) = 0.1 for the first (the event overshoots the moment), max(−0.1, −0.1) → 0.
+    start, end = torch.tensor([0.3, 0.3, 0.3]), torch.tensor([0.6, 0.6, 0.6])
+    partial_start, partial_end = torch.tensor([0.4, 0.2, 0.65]), torch.tensor([0.5, 0.7, 0.65])
+    full = torch.tensor([True, True, False])
+    assert grounding_loss(start, end, partial_start, partial_end, full).item() == pytest.approx((0.1 + 0.1 + 0.05) / 3, abs=1e-6)
+    batch = dict(start=start, end=end, partial_start=partial_start, partial_end=partial_end)
+    v = torch.tensor([[1.0, 0.0]] * 3)
+    for grounding, expected in (("match", (0.1 + 0.1 + 0.05) / 3), ("cover", 0.15 / 3)):
+        _, terms = implicit_loss(LossConfig(full_label_grounding=grounding), v, v, v, v, None, CLUSTERS, **batch, full=full)
+        assert terms["grnd"] == pytest.approx(expected, abs=1e-6), grounding
+    _, terms = implicit_loss(LossConfig(full_label_grounding="match"), v, v, v, v, None, CLUSTERS, **batch)  # no full labels
+    assert terms["grnd"] == pytest.approx(0.15 / 3, abs=1e-6)
+
+
 def _terms(config):
     v_ev, v_bg, v_vd = V, torch.tensor([[1.0, 1.0]] * 3), torch.tensor([[0.0, 1.0]] * 3)
     return implicit_loss(

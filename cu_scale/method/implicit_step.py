@@ -17,8 +17,8 @@ from cu_scale.method.losses import LossConfig, implicit_loss
 
 # What a batch holds (`cu_scale.stages.streams.implicit_stream` builds them): features (B, T, Dv), mask (B, T)
 # of valid steps, words (B, L, Dq), words_valid (B, L), anchor (B,), partial_start and partial_end (B,) in
-# normalised time, clusters (B, m).
-BATCH_FIELDS = ("features", "mask", "words", "words_valid", "anchor", "partial_start", "partial_end", "clusters")
+# normalised time, clusters (B, m), full (B,): whether the label is a full moment (mixed supervision).
+BATCH_FIELDS = ("features", "mask", "words", "words_valid", "anchor", "partial_start", "partial_end", "clusters", "full")
 
 
 def epoch_losses(losses: LossConfig, epoch: int, raun_warmup_epochs: int) -> LossConfig:
@@ -36,6 +36,6 @@ def implicit_step(model, batch: dict[str, torch.Tensor], losses: LossConfig, ran
     total, terms = implicit_loss(
         losses, out.v_ev.float(), out.v_bg.float(), out.v_vd.float(), out.q.float(), v_clip, batch["clusters"],
         out.start.float(), out.end.float(), start, end, rank, world_size,
-        steps=(out.video.float(), out.mask.float(), out.context.float(), out.valid),
+        steps=(out.video.float(), out.mask.float(), out.context.float(), out.valid), full=batch.get("full"),
     )
     return total, {**terms, "event_width": float((out.end - out.start).detach().float().mean())}

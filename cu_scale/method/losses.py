@@ -6,6 +6,7 @@
     L_erun = −log Σ_{m∈Ψ⁺_i} exp(v_i·v_m/τ) / Σ_{j∈Ψ⁺_i∪Ψ⁻_i} exp(v_i·v_j/τ)             (Eq. 7)
     L_cont = (L_raml + L_raun) + λ (L_erml + L_erun)                                 (Eq. 3)
     L_grnd = max(t_e − ê, ŝ − t_s, 0)                                                 (Eq. 8)
+             + [full label, `full_label_grounding: match`] max(ê − t_e, t_s − ŝ, 0)
     L      = L_cont + γ L_grnd
 
 S is cosine similarity and "·" the normalised dot product (also a cosine). Choices where the paper is silent:
@@ -25,6 +26,10 @@ S is cosine similarity and "·" the normalised dot product (also a cosine). Choi
   default, or the partial clip's feature, or the whole video's v_vd. The intra-sample losses keep v_ev:
   they are defined by the event/background/video split itself.
 - L_grnd is computed on normalised time (fractions of the video), like the detector.
+- A full label (mixed supervision: the whole moment is known) is the tightest partial label. Eq. 8 alone
+  holds the event to cover it; with `full_label_grounding: match` its mirror also holds the event inside
+  it, so the event is held to the moment from both sides and the detector learns the scale of events from
+  the samples that show it (`cu_scale.config.ImplicitConfig` has the measurements).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from torch.nn import functional as F
 
 REPRESENTATIONS = ("event", "clip", "video")
 RAUN_SIMILARITIES = ("pooled", "steps")
+FULL_LABEL_GROUNDINGS = ("cover", "match")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,8 +61,11 @@ class LossConfig:
     representation: str  # what Eq. 6–7 contrast: "event", "clip" or "video" (Table V)
     gather_across_workers: bool
     raun_similarity: str  # S of Eq. 5: cosine of the pooled features ("pooled") or mean cosine between their centred steps ("steps")
+    full_label_grounding: str  # a full label in Eq. 8: the event covers it ("cover") or is held to it from both sides ("match")
 
     def __post_init__(self):
+        if self.full_label_grounding not in FULL_LABEL_GROUNDINGS:
+            raise ValueError(f"full_label_grounding: must be one of {FULL_LABEL_GROUNDINGS}, got {self.full_label_grounding!r}")
         if self.raun_similarity not in RAUN_SIMILARITIES:
             raise ValueError(f"raun_similarity: must be one of {RAUN_SIMILARITIES}, got {self.raun_similarity!r}")
         if self.representation not in REPRESENTATIONS:
@@ -183,9 +192,15 @@ def inter_sample_losses(
     return erml, erun
 
 
-def grounding_loss(start: torch.Tensor, end: torch.Tensor, partial_start: torch.Tensor, partial_end: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: the partial label must lie inside the predicted event; averaged over the batch."""
-    return F.relu(torch.maximum(partial_end - end, start - partial_start)).mean()
+def grounding_loss(
+    start: torch.Tensor, end: torch.Tensor, partial_start: torch.Tensor, partial_end: torch.Tensor, match: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 8: the partial label must lie inside the predicted event; averaged over the batch. Where `match`
+    (B,) is True (a full label, `full_label_grounding: match`), the event must also lie inside the label."""
+    loss = F.relu(torch.maximum(partial_end - end, start - partial_start))
+    if match is not None:
+        loss = loss + match.float() * F.relu(torch.maximum(end - partial_end, partial_start - start))
+    return loss.mean()
 
 
 def implicit_loss(
@@ -203,9 +218,11 @@ def implicit_loss(
     rank: int = 0,
     world_size: int = 1,
     steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    full: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 3 + γ·Eq. 8 with the switches of Table II; returns the total and every term as a plain float.
-    `steps` (features, mask, context of Eq. 2 and the valid steps) is needed for `raun_similarity: steps`."""
+    `steps` (features, mask, context of Eq. 2 and the valid steps) is needed for `raun_similarity: steps`;
+    `full` (B,) marks the samples whose label is a full moment (mixed supervision)."""
     zero = v_ev.sum() * 0.0
     if not config.use_raun:
         raun = zero
@@ -226,6 +243,7 @@ def implicit_loss(
     else:
         terms["erml"] = terms["erun"] = zero
     terms["cont"] = terms["raml"] + terms["raun"] + config.lam * (terms["erml"] + terms["erun"])
-    terms["grnd"] = grounding_loss(start, end, partial_start, partial_end)
+    match = full if full is not None and config.full_label_grounding == "match" else None
+    terms["grnd"] = grounding_loss(start, end, partial_start, partial_end, match)
     total = terms["cont"] + config.gamma * terms["grnd"]
     return total, {name: float(value.detach()) for name, value in {**terms, "total": total}.items()}

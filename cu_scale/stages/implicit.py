@@ -20,7 +20,8 @@ without ground truth. The schedule's total is exact: every epoch's step count is
 *Mixed supervision* (a store whose samples carry different label kinds, `cu_scale.data.records.PARTIAL_KINDS`):
 the stage trains on every sample that has a label, of whatever kind. A full label is the tightest partial
 label: it is the sample's partial label (the store writes the moment there), so Eq. 8 holds the event to
-cover the whole moment, and the event detector starts from the moment's centre as it does from a clip's.
+cover the whole moment, and with `implicit.full_label_grounding: match` (the default) also to stay inside
+it (`cu_scale.method.losses`); the event detector starts from the moment's centre as it does from a clip's.
 An unlabelled sample is left out of the batches: the event detector needs an anchor inside the moment,
 and every one of Eq. 4-8 compares or places that sample's event, so none is defined for it. Its query
 still shapes the query clusters (`cu-scale cluster` clusters every training query), and so which samples

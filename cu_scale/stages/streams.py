@@ -339,13 +339,15 @@ def implicit_batches(layout: StoreLayout, clusters_dir: str, memberships: int, p
         yield {
             **window.gather(positions), "anchor": anchor[positions], "partial_start": start[positions], "partial_end": end[positions],
             "clusters": c["clusters"][positions].astype(np.int32), "sample_key": c["sample_key"][positions],
+            "full": c["partial_kind"][positions] == "full",
         }
 
 
 def implicit_stream(layout: StoreLayout, clusters_dir: str, memberships: int, per_worker: BatchConfig, plan: EpochPlan):
     """The implicit stage's batches of one epoch. Row columns (each with a leading axis of 1):
     features (B, T, Dv) f16, mask (B, T), words (B, M, Dq) f16, words_valid (B, M), anchor, partial_start,
-    partial_end (B,) f32 in normalised time, clusters (B, m) int32, sample_key (B,) int64."""
+    partial_end (B,) f32 in normalised time, clusters (B, m) int32, sample_key (B,) int64, full (B,) bool (the
+    label is a full moment)."""
     return _stream(plan, functools.partial(implicit_batches, layout, clusters_dir, memberships, per_worker), layout)
 
 
