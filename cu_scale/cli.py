@@ -247,7 +247,7 @@ def _run_predict(args) -> int:
         for name, path in result["files"].items():
             print(f"  {name:<28} {path.with_suffix('.parquet').name}, {path.name}   (cu-scale evaluate {path})")
         return 0
-    if not (args.features and args.query and args.duration):
+    if not args.features or not args.query or args.duration is None:
         raise SystemExit("cu-scale predict: give --features, --query and --duration (one query), or --store (a whole split)")
     grounder = Grounder.from_run(args.run_dir, args.model)
     features = _load_features(args.features)

@@ -67,7 +67,7 @@ class PrepareConfig:
     """How the store is built: a config's `prepare:` section, and what `cu-scale prepare` builds from its options."""
 
     dataset: str = "demo"  # demo (built in, no files), charades-sta, activitynet, or corpus (a user's own)
-    annotations: str | None = None  # the dataset's annotation directory (not for demo); for corpus, the annotation table
+    annotations: str | None = None  # the dataset's annotation directory (not for demo); for corpus, the annotation table file
     glance: bool = False  # partial labels from the dataset's glance files; else sampled from ground truth
     partial: str = "uniform"  # sampled labels: uniform or gaussian single frame, or a clip of clip_seconds
     clip_seconds: float = 0.0  # r, the annotation clip length, for partial: clip
@@ -110,6 +110,8 @@ class PrepareConfig:
             raise ConfigError(f"full_fraction + unlabelled_fraction: must be at most 1, got {self.full_fraction + self.unlabelled_fraction}")
         if self.dataset != "corpus" and (self.durations or self.sample_labels):
             raise ConfigError(f"durations, sample_labels: only a corpus reads them, not {self.dataset}")
+        if self.glance and self.dataset not in ("charades-sta", "activitynet"):
+            raise ConfigError(f"glance: only charades-sta and activitynet have glance files, not {self.dataset} (a corpus gives its labels in its table)")
 
     @property
     def max_steps(self) -> int:

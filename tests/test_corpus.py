@@ -53,6 +53,8 @@ def test_each_row_trains_from_its_partial_label_else_its_full_moment_else_nothin
     where = "row 2" if suffix == ".parquet" else "3" if suffix == ".csv" else "2"  # a CSV's line 1 is its header
     assert samples[1].source == f"{tmp_path / f'ann{suffix}'}:{where}"
     assert durations == {"v1": 30.0} and sources["v1"] == samples[0].source
+    numbered = _write(tmp_path / f"ids{suffix}", [{"video_id": 17, "query": "q", "split": "train", "sample_id": 4}])
+    assert (read_corpus(numbered)[0][0].video_id, read_corpus(numbered)[0][0].sample_id) == ("17", "4")  # integer ids, as Parquet types them
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,8 @@ def test_each_row_trains_from_its_partial_label_else_its_full_moment_else_nothin
         ({"video_id": "v", "query": 7, "split": "train"}, "query must be text"),
         ({"video_id": "v1", "query": "q", "split": "train", "duration": 31}, "video v1 has duration 31 s here but 30 s at"),
         ({"video_id": "v", "query": "q", "split": "train", "gt_start": 1, "gt_end": float("nan")}, "gt_end nan is not a finite number"),
+        ({"video_id": "v", "query": "q", "split": "train", "durtion": 3}, "unknown column(s) ['durtion']"),
+        ({"video_id": 2.5, "query": "q", "split": "train"}, "video_id must be text or an integer, got 2.5"),
     ],
 )
 def test_a_row_that_cannot_be_read_is_named_by_file_and_line(tmp_path, capsys, row, message):
@@ -85,7 +89,10 @@ def test_a_table_without_a_required_column_or_of_another_format_is_refused(tmp_p
     with pytest.raises(AnnotationError, match=re.escape(f"{path}:1: the header lacks the column(s) ['query']")):
         read_corpus(path)
     with pytest.raises(AnnotationError, match="expected a .jsonl, .csv or .parquet table"):
-        read_corpus(tmp_path / "ann.txt")
+        read_corpus(tmp_path / "ann.json")
+    header = _write(tmp_path / "extra.csv", [{"video_id": "v", "query": "q", "split": "train", "note": "x"}])
+    with pytest.raises(AnnotationError, match=re.escape(f"{header}:1: unknown column(s) ['note']")):
+        read_corpus(header)
     durations = _write(tmp_path / "durations.csv", [{"video_id": "a", "duration": 3}, {"video_id": "a", "duration": 4}])
     with pytest.raises(AnnotationError, match=re.escape(f"{durations}:3: video a has duration 4 s here but 3 s at {durations}:2")):
         read_durations(durations)
@@ -102,6 +109,10 @@ def test_parquet_features_are_read_a_row_group_at_a_time(tmp_path):
     assert features.get("v3").shape == (6, 3)  # 8 steps average-pooled to T = 6
     ragged = pa.Table.from_pylist([{"video_id": "r", "features": [[1.0, 2.0], [3.0]]}])
     pq.write_table(ragged, tmp_path / "ragged.parquet")
+    twice = pa.Table.from_pylist([{"video_id": 1, "features": [[1.0]]}, {"video_id": 1, "features": [[2.0]]}])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(ValueError, match="video 1 appears twice"):
+        open_features(tmp_path / "twice.parquet", 6)
     with pytest.raises(ValueError, match="ragged.parquet:r: feature steps have different widths"):
         open_features(tmp_path / "ragged.parquet", 6).get("r")
 

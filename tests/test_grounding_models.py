@@ -118,6 +118,15 @@ def test_ranked_spans_are_detrs_candidates_by_foreground_probability_and_the_reg
     torch.testing.assert_close(start[:, 0], out.start)  # the best-scored candidate is the answer
     torch.testing.assert_close(end[:, 0], out.end)
     assert ranked_spans(out, 50)[0].shape == (3, 7)  # no more than its candidates
+    # Logits past ~17 round to a probability of exactly 1: the ranking still follows the logits.
+    with torch.no_grad():
+        detr.class_head.bias.fill_(40.0)
+        detr.class_head.weight.mul_(10.0)
+    out = detr(video, valid, words, words_valid)
+    start, end, score = ranked_spans(out, 5)
+    assert (score[:, 0] == 1).all()
+    torch.testing.assert_close(start[:, 0], out.start)
+    torch.testing.assert_close(end[:, 0], out.end)
     regressor = BoundaryRegressor(8, 6, hidden_dim=16, heads=2, layers=1).eval()
     r_out = regressor(video, valid, words, words_valid)
     r_start, r_end, r_score = ranked_spans(r_out, 5)

@@ -2,11 +2,13 @@
 
 Columns (JSON keys; a CSV header; Parquet columns):
 
-    video_id    required  the video the query is about (names its features: VIDEO.npy, an .h5 key, a Parquet row)
+    video_id    required  the video the query is about (names its features: VIDEO.npy, an .h5 key, a Parquet row);
+                          text, or an integer read as its digits
     query       required  the sentence
-    split       required  train, test, or any name (the run config says which split trains and which is tested)
+    split       required  the stages train on ``train``; the run config's ``explicit.test_split`` is evaluated
     duration    optional  the video's length in seconds (else from a durations table)
-    sample_id   optional  a unique id (default SPLIT-ROW, ROW the line or row number from 1)
+    sample_id   optional  a unique id (default SPLIT-ROW, ROW the row's position from 1, blank lines and a CSV
+                          header not counted)
     t           optional  a single-frame label: one instant in the moment, in seconds
     start, end  optional  a clip label: a stretch of seconds inside the moment
     gt_start, gt_end  optional  the full moment
@@ -17,6 +19,7 @@ unlabelled sample). A full moment beside a partial label is ground truth: it sco
 the test split, and trains only the ``gt`` label source. A missing value is an absent key, null, an empty
 CSV cell or a Parquet null.
 
+A column not listed above is refused (a misspelt ``durtion`` would otherwise be dropped without a word).
 A row that cannot be read (a missing column, a number that is not one, ``t`` beside ``start``, a start
 without its end, two durations for one video) raises `AnnotationError` naming the file and the line (JSON
 Lines, CSV) or row (Parquet). Rows that read but make no sense (an empty query, a label that starts after it
@@ -35,15 +38,22 @@ from typing import Iterator
 from cu_scale.data.annotations import AnnotationError, parse_number
 from cu_scale.data.records import Sample, Video
 
-FORMATS = {".jsonl": "JSON Lines", ".json": "JSON Lines", ".csv": "CSV", ".parquet": "Parquet"}
+FORMATS = {".jsonl": "JSON Lines", ".csv": "CSV", ".parquet": "Parquet"}
 REQUIRED = ("video_id", "query", "split")
 NUMBERS = ("duration", "t", "start", "end", "gt_start", "gt_end")
 COLUMNS = REQUIRED + ("sample_id",) + NUMBERS
 
 
-def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+def _unknown(names, columns: tuple[str, ...], where: str, only_known: bool) -> None:
+    unknown = [name for name in names if name not in columns]
+    if only_known and unknown:
+        raise AnnotationError(f"{where}: unknown column(s) {unknown}; the format has {', '.join(columns)}")
+
+
+def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...], only_known: bool) -> Iterator[tuple[str, dict]]:
     """(where, row) for every row of the table: where is ``path:line`` (JSON Lines, CSV) or ``path:row N``.
-    A CSV header or Parquet schema without the `required` columns is refused; Parquet reads `columns` only."""
+    A CSV header or Parquet schema without the `required` columns is refused, and with `only_known` one with
+    a column not in `columns`; otherwise the other columns are not read."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise AnnotationError(f"{path}: expected a .jsonl, .csv or .parquet table, got the suffix {path.suffix or 'none'!r}")
@@ -60,6 +70,7 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
                     raise AnnotationError(f"{path}:{number}: not valid JSON ({error.msg})") from None
                 if not isinstance(row, dict):
                     raise AnnotationError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                _unknown(row, columns, f"{path}:{number}", only_known)
                 yield f"{path}:{number}", row
     elif suffix == ".csv":
         with open(path, encoding="utf-8", newline="") as handle:
@@ -67,6 +78,7 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
             missing = set(required) - set(reader.fieldnames or ())
             if missing:
                 raise AnnotationError(f"{path}:1: the header lacks the column(s) {sorted(missing)}")
+            _unknown(reader.fieldnames, columns, f"{path}:1", only_known)
             for row in reader:
                 if None in row:
                     raise AnnotationError(f"{path}:{reader.line_num}: more cells than the header has columns")
@@ -78,6 +90,7 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
         missing = set(required) - set(table.schema_arrow.names)
         if missing:
             raise AnnotationError(f"{path}: the table lacks the column(s) {sorted(missing)}")
+        _unknown(table.schema_arrow.names, columns, str(path), only_known)
         number = 0
         for batch in table.iter_batches(columns=[c for c in columns if c in table.schema_arrow.names]):
             for row in batch.to_pylist():
@@ -90,13 +103,24 @@ def _number(row: dict, field: str, where: str) -> float | None:
     return None if value is None else parse_number(value, where, field)
 
 
-def _text(row: dict, field: str, where: str) -> str:
+def _text(row: dict, field: str, where: str, integer: bool = False) -> str:
+    """A text field; with `integer`, an integer too, read as its digits (an id column Parquet typed as int)."""
     value = row.get(field)
     if value is None:
         raise AnnotationError(f"{where}: the field {field!r} is missing")
+    if integer and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     if not isinstance(value, str):
-        raise AnnotationError(f"{where}: {field} must be text, got {value!r}")
+        raise AnnotationError(f"{where}: {field} must be text{' or an integer' if integer else ''}, got {value!r}")
     return value
+
+
+def _add_duration(durations: dict[str, float], sources: dict[str, str], video_id: str, duration: float, where: str) -> None:
+    """Record a video's duration; a second, different one for the same video is an error naming both places."""
+    if video_id in durations and abs(durations[video_id] - duration) > 1e-6:
+        raise AnnotationError(f"{where}: video {video_id} has duration {duration:g} s here but {durations[video_id]:g} s at {sources[video_id]}")
+    durations.setdefault(video_id, duration)
+    sources.setdefault(video_id, where)
 
 
 def _pair(row: dict, first: str, second: str, where: str) -> tuple[float, float] | None:
@@ -111,12 +135,12 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[Sample], dict[str, float]
     """The samples of an annotation table, the durations it gives (video id → seconds) and where each came from."""
     path = pathlib.Path(path)
     samples, durations, duration_sources = [], {}, {}
-    for number, (where, row) in enumerate(_rows(path, REQUIRED, COLUMNS), start=1):
-        video_id, query, split = (_text(row, field, where) for field in REQUIRED)
+    for number, (where, row) in enumerate(_rows(path, REQUIRED, COLUMNS, only_known=True), start=1):
+        video_id, query, split = _text(row, "video_id", where, integer=True), _text(row, "query", where), _text(row, "split", where)
         if not video_id.strip() or not split.strip():
             raise AnnotationError(f"{where}: video_id and split must not be empty")
         sample_id = row.get("sample_id")
-        sample_id = f"{split}-{number:06d}" if sample_id is None else str(sample_id)
+        sample_id = f"{split}-{number:06d}" if sample_id is None else _text(row, "sample_id", where, integer=True)
         instant, clip, gt = _number(row, "t", where), _pair(row, "start", "end", where), _pair(row, "gt_start", "gt_end", where)
         if instant is not None and clip is not None:
             raise AnnotationError(f"{where}: give one partial label, t or start/end, not both")
@@ -130,10 +154,7 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[Sample], dict[str, float]
             partial, kind = None, "none"
         duration = _number(row, "duration", where)
         if duration is not None:
-            known = durations.setdefault(video_id, duration)
-            duration_sources.setdefault(video_id, where)
-            if abs(known - duration) > 1e-6:
-                raise AnnotationError(f"{where}: video {video_id} has duration {duration:g} s here but {known:g} s at {duration_sources[video_id]}")
+            _add_duration(durations, duration_sources, video_id, duration, where)
         samples.append(Sample(sample_id, video_id, query.strip(), split, where, gt=gt, partial=partial, partial_kind=kind))
     if not samples:
         raise AnnotationError(f"{path}: the annotation table has no rows")
@@ -141,17 +162,15 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[Sample], dict[str, float]
 
 
 def read_durations(path: str | os.PathLike) -> tuple[dict[str, float], dict[str, str]]:
-    """A durations table (JSON Lines, CSV or Parquet with ``video_id`` and ``duration``): seconds and source per video."""
+    """A durations table (JSON Lines, CSV or Parquet with ``video_id`` and ``duration``; other columns, a tool's
+    own, are not read): seconds and source per video."""
     path = pathlib.Path(path)
     durations, sources = {}, {}
-    for where, row in _rows(path, ("video_id", "duration"), ("video_id", "duration")):
-        video_id = _text(row, "video_id", where)
+    for where, row in _rows(path, ("video_id", "duration"), ("video_id", "duration"), only_known=False):
         duration = _number(row, "duration", where)
         if duration is None:
             raise AnnotationError(f"{where}: the field 'duration' is missing")
-        if video_id in durations and abs(durations[video_id] - duration) > 1e-6:
-            raise AnnotationError(f"{where}: video {video_id} has duration {duration:g} s here but {durations[video_id]:g} s at {sources[video_id]}")
-        durations[video_id], sources[video_id] = duration, where
+        _add_duration(durations, sources, _text(row, "video_id", where, integer=True), duration, where)
     return durations, sources
 
 

@@ -5,7 +5,7 @@
 - one Parquet table (a file or a directory of files) with a ``video_id`` column and a ``features`` column
   holding each video's steps as a list of lists (or of fixed-size lists) of numbers.
 
-Both are resampled to at most `max_steps` steps: a longer video is average-pooled into `max_steps`
+All are resampled to at most `max_steps` steps: a longer video is average-pooled into `max_steps`
 equal spans (the VSLNet convention), a shorter one is kept as is. The store keeps only the valid
 steps; `pad_with_mask` gives the fixed ``(max_steps, Dv)`` array and its validity mask at read time.
 Nothing here checks values: the store writer rejects NaN/inf and wrong widths with the source named.
@@ -118,10 +118,10 @@ class ParquetFeatures:
                 raise ValueError(f"{files[f]}: a feature table needs the columns 'video_id' and 'features', it has {names}")
             for group in range(parquet.num_row_groups):
                 ids = parquet.read_row_group(group, columns=["video_id"]).column("video_id").to_pylist()
-                for row, video_id in enumerate(ids):
+                for row, video_id in enumerate(map(str, ids)):
                     if video_id in self.where:
                         raise ValueError(f"{files[f]}: video {video_id} appears twice in the feature table")
-                    self.where[str(video_id)] = (f, group, row)
+                    self.where[video_id] = (f, group, row)
         self._cached: tuple[tuple[int, int], object] | None = None
 
     def describe(self) -> str:

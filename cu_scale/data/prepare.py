@@ -54,7 +54,7 @@ class SimulatedFeatures:
 
 
 class ImportedFeatures:
-    """Features read from ``.npy`` files or an ``.h5`` file (see `cu_scale.data.features`)."""
+    """Features read from ``.npy`` files, an ``.h5`` file or a Parquet table (see `cu_scale.data.features`)."""
 
     def __init__(self, path: str | os.PathLike, max_steps: int, video_ids: list[str]):
         self.reader = open_features(path, max_steps)

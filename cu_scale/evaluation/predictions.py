@@ -136,7 +136,10 @@ def _parquet_records(path: pathlib.Path):
             record["pred"] = [row["pred_start"], row["pred_end"]]
             record["gt"] = None if row.get("gt_start") is None else [row["gt_start"], row.get("gt_end")]
             if row.get("spans_start"):
-                record["spans"] = [list(span) for span in zip(row["spans_start"], row["spans_end"] or [], row["spans_score"] or [])]
+                sides = [row.get(f"spans_{side}") or [] for side in ("start", "end", "score")]
+                if len({len(side) for side in sides}) > 1:
+                    raise PredictionsError(f"{path}:row {number}: spans_start, spans_end and spans_score differ in length ({', '.join(str(len(s)) for s in sides)})")
+                record["spans"] = [list(span) for span in zip(*sides)]
             yield f"{path}:row {number}", record
 
 
@@ -166,7 +169,7 @@ def iter_predictions(path: str | os.PathLike):
     if not path.is_file():
         raise PredictionsError(f"{path}: no such predictions file")
     count = 0
-    for where, record in (_parquet_records(path) if path.suffix == ".parquet" else _json_records(path)):
+    for where, record in (_parquet_records(path) if path.suffix.lower() == ".parquet" else _json_records(path)):
         for field in ("sample_id", "pred"):
             if field not in record:
                 raise PredictionsError(f"{where}: the field {field!r} is missing")

@@ -65,7 +65,7 @@ def ranked_spans(output: GroundingOutput, k: int) -> tuple[torch.Tensor, torch.T
     if output.candidates is None:
         return output.start[:, None], output.end[:, None], torch.ones_like(output.start)[:, None]
     start, end, score = output.candidates
-    order = score.argsort(dim=1, descending=True)[:, :k]
+    order = score.argsort(dim=1, descending=True, stable=True)[:, :k]  # stable: tied scores keep the model's order
     return start.gather(1, order), end.gather(1, order), score.gather(1, order)
 
 
@@ -197,8 +197,11 @@ class SpanDETR(nn.Module):
         best = logits.argmax(dim=1)
         chosen = spans[torch.arange(len(best), device=best.device), best]
         start, end = centre_width_to_span(chosen[:, 0], chosen[:, 1])
-        every_start, every_end = centre_width_to_span(spans[..., 0], spans[..., 1])
-        return GroundingOutput(start, end, {"per_layer": per_layer}, candidates=(every_start, every_end, torch.sigmoid(logits)))
+        # Candidates in the order of their logits, so that ties of the probability (it rounds to 1 past a logit
+        # of about 17) keep the order of the logits: the first is the answer above.
+        order = logits.argsort(dim=1, descending=True, stable=True)
+        every_start, every_end = centre_width_to_span(spans[..., 0].gather(1, order), spans[..., 1].gather(1, order))
+        return GroundingOutput(start, end, {"per_layer": per_layer}, candidates=(every_start, every_end, torch.sigmoid(logits.gather(1, order))))
 
     def _set_loss(self, spans, logits, target_start, target_end):
         start, end = centre_width_to_span(spans[..., 0], spans[..., 1])  # (B, Q)

@@ -130,8 +130,11 @@ def predict_store(
     trained = {p.name: latest_checkpoint(p) for p in trained_models(run_dir)} if not models else {n: latest_checkpoint(choose_model(run_dir, n)) for n in models}
     run_store = FeatureStore(finished_marker(run_dir, "prepare")["summary"]["store"])
     store = FeatureStore(store_path)
-    if store.feature_dim != run_store.feature_dim:
-        raise ValueError(f"{store.path}: features have Dv {store.feature_dim}, the run {run_dir} was trained on Dv {run_store.feature_dim} ({run_store.path})")
+    if (store.feature_dim, store.max_steps) != (run_store.feature_dim, run_store.max_steps):
+        raise ValueError(
+            f"{store.path}: features of Dv {store.feature_dim} in at most T {store.max_steps} steps; the run {run_dir} was trained on"
+            f" Dv {run_store.feature_dim}, T {run_store.max_steps} ({run_store.path}): prepare the store with --steps {run_store.max_steps}"
+        )
     if not store.manifest["counts"]["splits"].get(split):
         raise ValueError(f"{store.path}: no sample of split {split!r}; the store has {', '.join(store.manifest['counts']['splits'])}")
     encode = EncodeConfig(**finished_marker(run_dir, "encode")["settings"]["encode"])
