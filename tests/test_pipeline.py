@@ -128,3 +128,12 @@ def test_a_stage_that_ran_with_other_settings_stops_the_run_or_is_redone(tmp_pat
         changed.run(stages=("prepare",))
     assert changed.run(stages=("prepare",), redo_changed=True) == {"prepare": "ran"}  # what an ablation row does
     assert FeatureStore(config.store).manifest["counts"]["videos"] == 6
+
+    # A marker written before a setting existed: the stage ran as the default does, so only another value is a change.
+    marker = json.loads(pipeline.marker("prepare").read_text())
+    del marker["settings"]["prepare"]["full_fraction"]
+    pipeline.marker("prepare").write_text(json.dumps(marker))
+    assert changed.run(stages=("prepare",)) == {"prepare": "skipped"}
+    mixed = Pipeline(dataclasses.replace(changed.config, prepare=dataclasses.replace(changed.config.prepare, full_fraction=0.1)), progress=False, say=lambda line: None)
+    with pytest.raises(ConfigError, match=r"prepare.full_fraction: None → 0.1"):
+        mixed.run(stages=("prepare",))

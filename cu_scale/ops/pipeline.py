@@ -365,7 +365,9 @@ class Pipeline:
         if not path.is_file():
             return None
         done = json.loads(path.read_text())
-        changed = _differences(done["settings"], json.loads(json.dumps(STAGE[stage].settings(self.config))))
+        plain = lambda config: json.loads(json.dumps(STAGE[stage].settings(config)))  # noqa: E731 (tuples as lists, as the marker has them)
+        defaults = RunConfig(store=self.config.store, run_dir=self.config.run_dir, prepare=PrepareConfig() if self.config.prepare else None)
+        changed = _differences(done["settings"], plain(self.config), plain(defaults))
         if changed:
             raise ConfigError(
                 f"{self.config.source}: stage {stage} of {self.run_dir} ran with other settings ({'; '.join(changed[:3])});"
@@ -441,11 +443,18 @@ class Pipeline:
         return run_watched(work, stage=stage, seconds=self.config.watchdog_seconds, hint=STAGE[stage].hint)
 
 
-def _differences(old, new, prefix: str = "") -> list[str]:
+def _differences(old, new, default, prefix: str = "") -> list[str]:
+    """The settings that differ between a marker (`old`) and the config (`new`), as "field: old → new".
+
+    A setting the marker lacks was added to cu-scale after the stage ran, which then ran as its default
+    does: it differs only where the config sets it to something else."""
     if isinstance(old, dict) and isinstance(new, dict):
+        default = default if isinstance(default, dict) else {}
         out = []
         for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+            if key not in old and key in default and new.get(key) == default[key]:
+                continue
+            out += _differences(old.get(key), new.get(key), default.get(key), f"{prefix}.{key}" if prefix else key)
         return out
     return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]
 
