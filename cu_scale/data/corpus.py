@@ -59,7 +59,7 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
         raise AnnotationError(f"{path}: expected a .jsonl, .csv or .parquet table, got the suffix {path.suffix or 'none'!r}")
     if not path.is_file():
         raise FileNotFoundError(f"table {path} does not exist")
-    if suffix in (".jsonl", ".json"):
+    if suffix == ".jsonl":
         with open(path, encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
