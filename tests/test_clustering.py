@@ -78,6 +78,17 @@ def test_encode_is_resumable_and_cluster_writes_assignments(demo_run, capsys):
     assert np.mean(same) > 0.5
 
 
+def test_without_faiss_cluster_says_which_extra_to_install(demo_run, monkeypatch, capsys):
+    """As when no faiss build is installed: `import faiss` fails (a None entry in sys.modules makes the
+    import system raise ModuleNotFoundError for it, as for a missing package)."""
+    root, config = demo_run
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)
+    assert main(["cluster", str(config), "--set", "cluster.k=5"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "cu-scale[cpu]" in error and "cu-scale[gpu]" in error
+    assert not (root / "store" / "clusters" / "train-K5-m2").exists()
+
+
 def test_cluster_counts_per_shard_are_what_the_streams_plan_from(demo_run):
     root, config_path = demo_run
     config = load_config(config_path)

@@ -222,3 +222,29 @@ def test_relative_paths_are_resolved_under_the_root_or_refused_by_name(tmp_path,
     outside.write_text((REPO / "configs" / "demo.yaml").read_text())
     assert main(["submit", str(outside), "--address", "http://127.0.0.1:9", "--root", str(tmp_path), "--working-dir", str(REPO)]) == 2
     assert "must lie inside the uploaded working directory" in capsys.readouterr().err
+
+
+def test_submit_never_uploads_credential_files(tmp_path):
+    """The package Ray builds from the working directory (its own packaging code, with the excludes
+    `cu-scale submit` passes) holds the code and the config, and none of the credential files beside them."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from cu_scale.ops.submission import prepare_submission
+
+    working = tmp_path / "checkout"
+    wanted = ["jobs/run.py", "configs/run.yaml", "cu_scale/storage.py", "README.md"]
+    secrets_on_disk = [
+        ".env", "configs/prod.env", ".aws/credentials", "credentials", ".ray/auth_token", "auth_token", "ci.token",
+        ".ssh/id_ed25519", "id_rsa", "deploy/tls.key", "deploy/tls.pem", "keys/gcp-service-account-prod.json",
+        ".kube/config", "kubeconfig", ".docker/config.json", ".netrc", ".git-credentials", ".pgpass", ".pypirc",
+    ]
+    for name in wanted + secrets_on_disk:
+        (working / name).parent.mkdir(parents=True, exist_ok=True)
+        (working / name).write_text("store: /data/store\nrun_dir: /data/run\n" if name.endswith("run.yaml") else "x")
+    config, runtime_env = prepare_submission(str(working / "configs" / "run.yaml"), {}, None, str(working))
+    package = tmp_path / "package.zip"
+    create_package(runtime_env["working_dir"], package, include_gitignore=True, excludes=runtime_env["excludes"])
+    uploaded = {name for name in zipfile.ZipFile(package).namelist() if not name.endswith("/")}
+    assert config == "configs/run.yaml" and uploaded == set(wanted)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -50,6 +49,7 @@ import pyarrow.parquet as pq
 
 from cu_scale.data.features import pad_with_mask
 from cu_scale.data.records import Sample
+from cu_scale.storage import locate
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -193,14 +193,6 @@ def check_sample(sample: Sample, duration: float, policy: LabelPolicy) -> tuple[
 # ----------------------------------------------------------------------------------------------------------
 # Writer
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _features_array(features: list[np.ndarray]) -> pa.Array:
@@ -364,7 +356,7 @@ class StoreWriter:
         for table in ("videos", "samples"):
             file = self.staging / table / name
             shard[f"{table}_file"] = f"{table}/{name}"
-            shard[f"{table}_sha256"] = _sha256(file)
+            shard[f"{table}_sha256"] = locate(file).sha256()
             shard[f"{table}_bytes"] = file.stat().st_size
         self._shards.append(shard)
         self._samples, self._shard_video_count = [], 0
@@ -493,7 +485,7 @@ class FeatureStore:
                 file = self.path / shard[f"{table}_file"]
                 if not file.is_file():
                     problems.append(f"{file}: missing")
-                elif _sha256(file) != shard[f"{table}_sha256"]:
+                elif locate(file).sha256() != shard[f"{table}_sha256"]:
                     problems.append(f"{file}: checksum differs from {MANIFEST_FILE}")
         return problems
 

@@ -76,8 +76,9 @@ class Grounder:
         store = FeatureStore(finished_marker(run_dir, "prepare")["summary"]["store"])
         encode = finished_marker(run_dir, "encode")
         chosen = choose_model(run_dir, model)
+        grounding_model = load_explicit_model(latest_checkpoint(chosen))  # first: a damaged checkpoint stops here, at once
         encoder = QueryEncoder(encode["summary"]["model"], max_tokens=encode["settings"]["encode"]["max_tokens"])
-        return cls(load_explicit_model(latest_checkpoint(chosen)), encoder, store.feature_dim, store.max_steps, chosen.name)
+        return cls(grounding_model, encoder, store.feature_dim, store.max_steps, chosen.name)
 
     def predict(self, features: np.ndarray, duration: float, queries: list[str] | str, top_k: int = 1) -> list[list[Span]]:
         """The `top_k` best spans (best first) of each query on one video: `features` (steps, Dv) as the

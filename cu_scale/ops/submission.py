@@ -20,8 +20,18 @@ import time
 from cu_scale.config import ConfigError, load_config, resolve_paths
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-# Never uploaded with the working directory (Ray also skips what .gitignore lists).
+# Never uploaded with the working directory (Ray also skips what .gitignore lists), as gitignore patterns.
 EXCLUDES = [".git", ".venv", "runs", "stores", "__pycache__", "*.egg-info", ".pytest_cache"]
+# Nor any file that holds a credential: a job's working directory is readable by every job on the cluster
+# and stays in its object store. The job gets credentials from the cluster's own environment instead.
+CREDENTIAL_EXCLUDES = [
+    ".env", ".env.*", "*.env",  # dotenv files
+    ".aws/", "credentials", "credentials.*", "*credentials*.json", "*service-account*.json",  # AWS and GCP keys
+    ".ray/", "auth_token", "*.token",  # Ray's cluster token
+    ".ssh/", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks",  # keys and certificates
+    ".kube/", "kubeconfig", "*.kubeconfig", ".docker/config.json",  # cluster and registry logins
+    ".netrc", ".git-credentials", ".pgpass", ".pypirc",  # other tools' passwords
+]
 TOKEN_HELP = (
     "the cluster requires a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=FILE (or RAY_AUTH_TOKEN), "
     "with the token of the cluster (`ray get-auth-token` on the head prints it)"
@@ -56,7 +66,7 @@ def prepare_submission(config_path: str, overrides: dict, root: str | None, work
     resolve_paths(load_config(config, overrides), root)  # the job would refuse it: refuse it now
     if not (working / "jobs" / "run.py").is_file():
         raise ConfigError(f"{working}: not a cu-scale checkout (no jobs/run.py); --working-dir must be the repository root")
-    runtime_env = {"working_dir": str(working), "excludes": EXCLUDES, "env_vars": {"PYTHONUNBUFFERED": "1"}}
+    runtime_env = {"working_dir": str(working), "excludes": EXCLUDES + CREDENTIAL_EXCLUDES, "env_vars": {"PYTHONUNBUFFERED": "1"}}
     return str(config.relative_to(working)), runtime_env
 
 

@@ -46,6 +46,23 @@ class ClusteringError(ValueError):
     """Clustering cannot give what was asked (K larger than the distinct queries, say)."""
 
 
+FAISS_HELP = (
+    "clustering needs faiss, which is not installed: install exactly one build, `pip install 'cu-scale[cpu]'` "
+    "(faiss-cpu) or, in a CUDA image, `pip install 'cu-scale[gpu]'` (faiss-gpu)"
+)
+
+
+def import_faiss():
+    """The faiss module; a ClusteringError that says which extra to install when no faiss build is."""
+    try:
+        import faiss
+    except ModuleNotFoundError as error:
+        if error.name != "faiss":
+            raise
+        raise ClusteringError(FAISS_HELP) from None
+    return faiss
+
+
 @dataclasses.dataclass
 class KMeansModel:
     centroids: np.ndarray  # (K, D) float32
@@ -55,8 +72,7 @@ class KMeansModel:
 
     def assign(self, embeddings: np.ndarray, memberships: int) -> tuple[np.ndarray, np.ndarray]:
         """The `memberships` nearest centroids of each row, nearest first: (ids (n, m) int64, squared L2 (n, m))."""
-        import faiss
-
+        faiss = import_faiss()
         index = faiss.IndexFlatL2(self.centroids.shape[1])
         index.add(self.centroids)
         distances, ids = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), memberships)
@@ -77,8 +93,7 @@ def train_kmeans(embeddings: np.ndarray, k: int, iterations: int = 20, seed: int
 
     Refuses, with a message that says what to change, a K larger than the number of distinct non-zero rows.
     """
-    import faiss
-
+    faiss = import_faiss()
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     is_zero = ~embeddings.any(axis=1)
     nonzero = embeddings[~is_zero] if is_zero.any() else embeddings  # no copy in the common case
@@ -152,6 +167,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
     out = clusters_dir(store, config)
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
+    import_faiss()  # before the training sample is read
     started = time.perf_counter()
     model = train_kmeans(
         _training_sample(store, config.split, config.k * config.max_points_per_centroid, config.seed),

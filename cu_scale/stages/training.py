@@ -26,7 +26,12 @@ import tempfile
 import threading
 import time
 
+from cu_scale.storage import locate
+
 CHECKPOINT_META = "cu_scale_epoch.json"
+# Each rank lists the files it wrote into a checkpoint, with their sizes and SHA-256, before Ray Train
+# persists them: a truncated or altered file is then named before DeepSpeed or torch.load touch it.
+CHECKPOINT_FILES = "cu_scale_files_rank{rank}.json"
 PREFETCH_BATCHES = 2  # batches a worker holds ready ahead of its step
 # Ray Train 2.60's controller takes a worker's report when it polls the group, every 2 s by default, and a
 # worker's second report waits for the first to be taken: an epoch shorter than that (a small corpus, a
@@ -226,6 +231,44 @@ def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_dec
     return engine
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: a file missing, truncated, altered or unreadable."""
+
+
+def record_files(directory: str | os.PathLike, rank: int) -> None:
+    """Write CHECKPOINT_FILES for `rank`: every file this rank saved under `directory`, its size and SHA-256."""
+    root = pathlib.Path(directory)
+    files = {
+        str(path.relative_to(root)): {"bytes": path.stat().st_size, "sha256": locate(path).sha256()}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.name.startswith("cu_scale_files_rank")
+    }
+    (root / CHECKPOINT_FILES.format(rank=rank)).write_text(json.dumps(files, indent=1))
+
+
+def verify_checkpoint(checkpoint_dir: str | os.PathLike) -> None:
+    """Check every file the ranks listed (`record_files`) against its size and SHA-256.
+
+    Raises CheckpointError naming the first file that is missing, truncated or altered, and what to do.
+    A checkpoint written before the lists existed has nothing to check against and passes."""
+    root = pathlib.Path(checkpoint_dir)
+    remedy = "train that stage again (`cu-scale run CONFIG --from STAGE`)"
+    for listing in sorted(root.glob(CHECKPOINT_FILES.format(rank="*"))):
+        try:
+            files = json.loads(listing.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+            raise CheckpointError(f"{listing}: unreadable file list ({error}); {remedy}") from None
+        for name, expected in files.items():
+            path = root / name
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing from the checkpoint; {remedy}")
+            size = path.stat().st_size
+            if size != expected["bytes"]:
+                raise CheckpointError(f"{path}: {size} bytes where {expected['bytes']} were written (truncated or altered); {remedy}")
+            if locate(path).sha256() != expected["sha256"]:
+                raise CheckpointError(f"{path}: SHA-256 differs from the one written with it (altered); {remedy}")
+
+
 def resume(engine) -> tuple[int, list[dict]]:
     """Load the checkpoint Ray Train hands this worker group, if any: (first epoch to run, metrics so far)."""
     import ray.train
@@ -234,6 +277,7 @@ def resume(engine) -> tuple[int, list[dict]]:
     if not checkpoint:
         return 0, []
     with checkpoint.as_directory() as directory:
+        verify_checkpoint(directory)
         engine.load_checkpoint(directory)
         meta = json.loads((pathlib.Path(directory) / CHECKPOINT_META).read_text())
     return meta["epoch"] + 1, meta.get("history", [])
@@ -252,6 +296,7 @@ def save_and_report(engine, rank: int, epoch: int, model_meta: dict, metrics: di
         if rank == 0:
             meta = {"epoch": epoch, "model": model_meta, "metrics": metrics, "history": history}
             (pathlib.Path(directory) / CHECKPOINT_META).write_text(json.dumps(meta))
+        record_files(directory, rank)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
@@ -294,6 +339,9 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
 
     from cu_scale.stages.resources import training_group
 
+    previous = checkpoints(pathlib.Path(run_dir) / name)
+    if previous:
+        verify_checkpoint(previous[-1])  # the one Ray Train resumes from: a damaged file is named here, not after retries
     cpus, threads, use_gpu = training_group(workers)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_SECONDS)  # Ray Train passes it to its controller
     trainer = TorchTrainer(
@@ -336,15 +384,33 @@ def latest_checkpoint(stage_dir: str | os.PathLike) -> pathlib.Path:
 
 def checkpoint_meta(checkpoint_dir: str | os.PathLike) -> dict:
     """The metadata `save_and_report` wrote: epoch, model, metrics, and every epoch's metrics so far."""
-    return json.loads((pathlib.Path(checkpoint_dir) / CHECKPOINT_META).read_text())
+    path = pathlib.Path(checkpoint_dir) / CHECKPOINT_META
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {checkpoint_dir} is not a complete cu-scale checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not readable JSON ({error}); the checkpoint is damaged") from None
 
 
 def read_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """(metadata, model state dict) of a DeepSpeed checkpoint written by `save_and_report`."""
+    """(metadata, model state dict) of a DeepSpeed checkpoint written by `save_and_report`, for inference.
+
+    The files are checked first (`verify_checkpoint`), and the weights are read with
+    ``torch.load(weights_only=True)``: tensors and plain containers only, so a checkpoint file cannot run
+    code when it is loaded (DeepSpeed's model-states file holds nothing else)."""
+    import pickle
+
     import torch
 
     directory = pathlib.Path(checkpoint_dir)
+    verify_checkpoint(directory)
     meta = checkpoint_meta(directory)
-    tag = (directory / "latest").read_text().strip()
-    states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    try:
+        weights = directory / (directory / "latest").read_text().strip() / "mp_rank_00_model_states.pt"
+        states = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{error.filename}: missing; {directory} is not a complete DeepSpeed checkpoint") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{weights}: cannot be loaded as weights ({str(error).splitlines()[0]})") from None
     return meta, states["module"]

@@ -1,0 +1,158 @@
+"""Where artifacts live: a local path or an object-store URI, read and written through pyarrow's filesystems.
+
+A store or a run directory may be a local path (``runs/demo``) or a URI pyarrow understands
+(``s3://bucket/prefix``, ``gs://...``, ``file:///...``). `locate` turns either into a `Location`: a
+filesystem and a path on it, plus the text the user gave, which is what messages and markers show.
+
+Credentials never travel inside a URI. They come the standard way for the filesystem: for S3, the
+environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, and ``AWS_ENDPOINT_URL`` for
+an S3-compatible server such as MinIO or SeaweedFS) or the AWS files (``~/.aws/credentials``,
+``AWS_PROFILE``). A URI that carries a key (``s3://KEY:SECRET@bucket``) is refused, so a key can never
+reach a marker, a log line or a report.
+
+Object stores have no directories and no atomic rename: writers that publish a tree (the feature store)
+write its files in place and a small index last (the store's manifest), and readers trust only what the
+index lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import posixpath
+import urllib.parse
+
+import pyarrow.fs as pafs
+
+
+class StorageError(ValueError):
+    """A location that cannot be used: a malformed URI, credentials inside it, an unknown scheme."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """A path on a pyarrow filesystem. `text` is how it is shown: the user's path or URI, never a key."""
+
+    fs: pafs.FileSystem
+    path: str
+    text: str
+
+    def __truediv__(self, name: str) -> "Location":
+        name = str(name).strip("/")
+        return Location(self.fs, posixpath.join(self.path, name), posixpath.join(self.text, name) if self.text else name)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __fspath__(self) -> str:
+        if not self.is_local:
+            raise TypeError(f"{self.text} is in object storage, not a local path")
+        return self.path
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def parent(self) -> "Location":
+        return Location(self.fs, posixpath.dirname(self.path.rstrip("/")), posixpath.dirname(self.text.rstrip("/")))
+
+    def with_name(self, name: str) -> "Location":
+        return self.parent / name
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def uri(self) -> str:
+        """What Ray (Data, Train) is given: the local path, or the URI without any query string."""
+        return self.path if self.is_local else f"{self.fs.type_name}://{self.path}"
+
+    # -- queries --------------------------------------------------------------------------------------------
+
+    def info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self.info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self.info().type == pafs.FileType.Directory
+
+    def size(self) -> int:
+        return self.info().size
+
+    def children(self) -> list["Location"]:
+        """The entries directly under this directory, sorted by name; none when it does not exist."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        return sorted((self / posixpath.basename(info.path) for info in self.fs.get_file_info(selector)), key=lambda l: l.path)
+
+    # -- bytes and text -------------------------------------------------------------------------------------
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode("utf-8")
+
+    def write_bytes(self, data: bytes) -> None:
+        self.parent.mkdir()
+        with self.fs.open_output_stream(self.path) as stream:
+            stream.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode("utf-8"))
+
+    def open_input(self):
+        """A seekable binary file (pyarrow's RandomAccessFile): what Parquet, numpy and h5py readers take."""
+        return self.fs.open_input_file(self.path)
+
+    def open_output(self):
+        self.parent.mkdir()
+        return self.fs.open_output_stream(self.path)
+
+    def mkdir(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def remove_tree(self) -> None:
+        """Delete this directory and everything under it; nothing happens when it does not exist."""
+        if self.is_dir():
+            self.fs.delete_dir(self.path)
+        elif self.is_file():
+            self.fs.delete_file(self.path)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path) as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def locate(where: "str | os.PathLike | Location") -> Location:
+    """A `Location` for a local path or a filesystem URI (s3://, gs://, file://, ...).
+
+    Raises StorageError for a URI that carries credentials or that pyarrow cannot open."""
+    if isinstance(where, Location):
+        return where
+    text = os.fspath(where)
+    if "://" not in text:
+        return Location(pafs.LocalFileSystem(), str(pathlib.Path(text).absolute()), text)
+    parts = urllib.parse.urlsplit(text)
+    if parts.username or parts.password:
+        raise StorageError(
+            f"{parts.scheme}://{parts.hostname}{parts.path}: a URI may not carry credentials; give them the standard way "
+            "(for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials)"
+        )
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except (ValueError, OSError) as error:  # pyarrow.ArrowInvalid is a ValueError
+        raise StorageError(f"{text}: not a location cu-scale can open ({error})") from None
+    return Location(fs, path.rstrip("/"), text.rstrip("/"))
