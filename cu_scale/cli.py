@@ -20,7 +20,7 @@ from cu_scale.data.demo import WORLDS
 from cu_scale.data.partial_labels import METHODS
 from cu_scale.ops.pipeline import STAGE_NAMES
 from cu_scale.data.simulator import SimulatorSettings
-from cu_scale.console import describe_store, megabytes
+from cu_scale.console import describe_store, error_line, megabytes
 from cu_scale.evaluation.predictions import PredictionsError
 from cu_scale.data.store import OVERSHOOT_POLICIES, FeatureStore, StoreError, StoreRejectError
 
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cu-scale: --strict: {error}", file=sys.stderr)
         return 1
     except (AnnotationError, StoreError, RuntimeError, ConfigError, ClusteringError, BatchingError, PredictionsError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"cu-scale: {error}", file=sys.stderr)
+        print(f"cu-scale: {error_line(error)}", file=sys.stderr)
         return 2
 
 

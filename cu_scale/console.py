@@ -71,3 +71,16 @@ def metrics_table(table: dict[str, dict[str, float]], indent: str = "  ") -> str
     for name, m in table.items():
         lines.append(f"{indent}{name:<{width}}  " + " ".join(f"{m[c]:>7.2f}" if c in m else f"{'':>7}" for c in columns))
     return "\n".join(lines)
+
+
+
+def error_line(error: BaseException) -> str:
+    """The one line a user reads for an error: the error a Ray task or a training worker raised, taken out
+    of Ray's wrappers (which carry the remote traceback; Ray's logs keep it), else the error's own first line."""
+    for _ in range(8):  # a task inside a worker inside a trainer nests a few deep, never more
+        failures = getattr(error, "worker_failures", None)  # Ray Train's WorkerGroupError: rank → that worker's error
+        nested = getattr(error, "cause", None) or (next(iter(failures.values()), None) if failures else None)  # RayTaskError.cause
+        if not isinstance(nested, BaseException):
+            break
+        error = nested
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -88,10 +88,10 @@ class Location:
     def size(self) -> int:
         return self.info().size
 
-    def children(self) -> list["Location"]:
-        """The entries directly under this directory, sorted by name; none when it does not exist."""
+    def file_sizes(self) -> dict[str, int]:
+        """Name → size in bytes of each file directly under this directory, from one listing; {} when it does not exist."""
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
-        return sorted((self / posixpath.basename(info.path) for info in self.fs.get_file_info(selector)), key=lambda l: l.path)
+        return {posixpath.basename(info.path): info.size for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File}
 
     # -- bytes and text -------------------------------------------------------------------------------------
 

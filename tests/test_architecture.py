@@ -1,6 +1,7 @@
 """The import rules that keep the layers of the package apart, read from the source (every import, at the
 top of a module or inside a function):
 
+    storage      where artifacts live: local paths and object-store URIs through pyarrow (no torch, Ray, DeepSpeed)
     evaluation   metrics and the predictions format: numpy only (no torch, no Ray, no DeepSpeed)
     data         records, readers, partial labels, simulator, demo world, feature store
     method       models, losses, batching, text encoder: plain PyTorch, no Ray, no DeepSpeed
@@ -18,8 +19,8 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "cu_scale"
-RANKS = {"evaluation": 0, "data": 1, "method": 1, "config": 2, "console": 3, "stages": 4, "ops": 5, "cli": 6}
-FORBIDDEN = {"evaluation": ("ray", "deepspeed", "torch"), "method": ("ray", "deepspeed")}
+RANKS = {"storage": 0, "evaluation": 1, "data": 2, "method": 2, "config": 3, "console": 4, "stages": 5, "ops": 6, "cli": 7}
+FORBIDDEN = {"storage": ("ray", "deepspeed", "torch"), "evaluation": ("ray", "deepspeed", "torch"), "method": ("ray", "deepspeed")}
 
 
 def _layer(module: str) -> str | None:

@@ -60,6 +60,8 @@ def run_copy(tiny_run, tmp_path):
     shutil.copytree(tiny_run.root, copy)
     config = tmp_path / "run.yaml"
     config.write_text(tiny_run.config.read_text().replace(str(tiny_run.root), str(copy)))
+    for marker in copy.glob("stages/*.json"):  # the stage markers record the paths they ran with
+        marker.write_text(marker.read_text().replace(str(tiny_run.root), str(copy)))
     return copy, config
 
 
@@ -88,3 +90,59 @@ def test_a_truncated_checkpoint_is_named_by_inference_and_by_resume(run_copy, tm
     assert main(["implicit", str(config), "--set", "implicit.epochs=2"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"{optimizer}: " in error and "--from" in error
+
+
+def _alter(path):
+    """Flip one byte in the middle: the size stays, the content does not."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_is_named_by_its_readers_and_by_verify_and_the_others_still_read(tmp_path, capsys):
+    from test_store import _write_small_store
+
+    from cu_scale.data.store import FeatureStore, StoreError
+
+    _write_small_store(tmp_path / "store")  # 5 videos, 2 a shard: 3 shards
+    store = FeatureStore(tmp_path / "store")
+    before = [(store.shard_videos(i), store.shard_samples(i)) for i in range(3)]
+    truncated = tmp_path / "store" / store.shards[1]["videos_file"]
+    altered = tmp_path / "store" / store.shards[2]["samples_file"]
+    _truncate(truncated, keep=0.6)
+    _alter(altered)
+
+    assert main(["store", "info", str(tmp_path / "store"), "--verify"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED: 2 problem(s)" in captured.out
+    assert captured.err.splitlines() == [f"cu-scale: {truncated}: checksum differs from manifest.json", f"cu-scale: {altered}: checksum differs from manifest.json"]
+
+    with pytest.raises(StoreError, match=rf"{truncated}: \d+ bytes where the manifest has \d+ \(truncated"):
+        store.require_intact()  # what every stage after prepare runs first
+    with pytest.raises(StoreError, match=rf"{truncated}: \d+ bytes where the manifest has"):
+        store.shard_videos(1)
+    with pytest.raises(StoreError, match=rf"{altered}: SHA-256 differs from the manifest's"):
+        store.shard_samples(2)
+    with pytest.raises(StoreError, match=rf"{altered}: SHA-256 differs"):
+        store.examples(["e"])  # sample e lives in shard 2
+    # Shard 0 is untouched and reads as before, features included.
+    assert store.shard_videos(0).equals(before[0][0]) and store.shard_samples(0).equals(before[0][1])
+
+
+def test_a_stage_stops_at_a_damaged_shard_by_name(run_copy, capsys):
+    from cu_scale.data.store import FeatureStore
+
+    run, config = run_copy
+    store = FeatureStore(run / "store")
+    videos = run / "store" / store.shards[0]["videos_file"]
+    original = videos.read_bytes()
+    _truncate(videos, keep=0.7)
+    assert main(["run", str(config), "--from", "evaluate"]) == 2  # stopped before the stage starts
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"{videos}: " in error and "truncated or altered after prepare" in error
+
+    videos.write_bytes(original)
+    _alter(videos)  # the right size: the read task's checksum catches it
+    assert main(["run", str(config), "--from", "evaluate"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"{videos}: SHA-256 differs from the manifest's" in error, error

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -428,6 +429,37 @@ class StoreError(ValueError):
     """A store that cannot be read: missing manifest, unknown schema version, bad checksum."""
 
 
+VERIFY_HINT = "`cu-scale store info --verify STORE` checks every shard; prepare the store again to replace it"
+
+
+def read_shard(store_root: str | os.PathLike, shard: dict, table: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard's table ("videos" or "samples"), checked against the manifest entry `shard` as it is read.
+
+    A read of the whole file (every samples read; a videos read that includes the features, which are
+    nearly all of its bytes) checks its size and its SHA-256 on the bytes it parses. A videos read
+    without the features reads only the columns it needs and checks the file's size. A file truncated or
+    altered after `prepare` stops the reader with a StoreError that names it and the failed check."""
+    file = locate(store_root) / shard[f"{table}_file"]
+    expected = shard[f"{table}_bytes"]
+    whole = table == "samples" or columns is None or "features" in columns
+    schema = SAMPLE_SCHEMA if table == "samples" else None
+    try:
+        if not whole:
+            size = file.size()
+            if size != expected:
+                raise StoreError(f"{file}: {size} bytes where the manifest has {expected} (truncated or altered after prepare); {VERIFY_HINT}")
+            with file.open_input() as handle:
+                return pq.read_table(handle, columns=columns, schema=schema)
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{file}: missing, though the manifest lists it; {VERIFY_HINT}") from None
+    if len(data) != expected:
+        raise StoreError(f"{file}: {len(data)} bytes where the manifest has {expected} (truncated or altered after prepare); {VERIFY_HINT}")
+    if hashlib.sha256(data).hexdigest() != shard[f"{table}_sha256"]:
+        raise StoreError(f"{file}: SHA-256 differs from the manifest's (altered after prepare); {VERIFY_HINT}")
+    return pq.read_table(pa.BufferReader(data), columns=columns, schema=schema)
+
+
 def features_from_column(column: pa.ChunkedArray | pa.Array, feature_dim: int) -> list[np.ndarray]:
     """Per-video ``(steps, Dv)`` float16 arrays from a ``features`` column (read-only, zero-copy views)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
@@ -489,6 +521,22 @@ class FeatureStore:
                     problems.append(f"{file}: checksum differs from {MANIFEST_FILE}")
         return problems
 
+    def require_intact(self) -> None:
+        """Raise StoreError for the first shard file that is missing or whose size is not the manifest's.
+
+        One listing of each table's directory (a few requests in object storage), no reading: the stages
+        run this before they start, so a truncated shard stops a run at once, by name. An altered file of
+        the right size is caught by its checksum when a stage reads it (`read_shard`)."""
+        for table in ("videos", "samples"):
+            sizes = (locate(self.path) / table).file_sizes()
+            for shard in self.shards:
+                name = pathlib.PurePosixPath(shard[f"{table}_file"]).name
+                file = locate(self.path) / shard[f"{table}_file"]
+                if name not in sizes:
+                    raise StoreError(f"{file}: missing, though the manifest lists it; {VERIFY_HINT}")
+                if sizes[name] != shard[f"{table}_bytes"]:
+                    raise StoreError(f"{file}: {sizes[name]} bytes where the manifest has {shard[f'{table}_bytes']} (truncated or altered after prepare); {VERIFY_HINT}")
+
     def rejects(self) -> list[dict]:
         with open(self.path / REJECTS_FILE, encoding="utf-8") as lines:
             return [json.loads(line) for line in lines]
@@ -496,23 +544,33 @@ class FeatureStore:
     # -- local access (no Ray): small stores, tools, tests ---------------------------------------------------
 
     def samples_table(self, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
-        filters = None if split is None else [("split", "=", split)]
-        return pq.read_table(self.files("samples"), columns=columns, filters=filters, schema=SAMPLE_SCHEMA)
+        tables = []
+        for index in range(len(self.shards)):
+            table = self.shard_samples(index)
+            if split is not None:
+                table = table.filter(pc.equal(table.column("split"), split))
+            tables.append(table.select(columns) if columns else table)
+        return pa.concat_tables(tables)
 
     def shard_samples(self, index: int, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path / self.shards[index]["samples_file"], columns=columns, schema=SAMPLE_SCHEMA)
+        table = read_shard(self.path, self.shards[index], "samples")
+        return table.select(columns) if columns else table
+
+    def shard_videos(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        return read_shard(self.path, self.shards[index], "videos", columns)
 
     def video_features(self, video_id: str) -> tuple[np.ndarray, float]:
         """One video's features (steps, Dv) as float32 and its duration in seconds, read here (no Ray)."""
-        for file in self.files("videos"):
-            table = pq.read_table(file, filters=[("video_id", "=", video_id)])
-            if table.num_rows:
+        for index in range(len(self.shards)):
+            if video_id in self.shard_videos(index, ["video_id"]).column("video_id").to_pylist():
+                table = self.shard_videos(index)
+                table = table.filter(pc.equal(table.column("video_id"), video_id))
                 return features_from_column(table.column("features"), self.feature_dim)[0].astype(np.float32), float(table.column("duration")[0].as_py())
         raise StoreError(f"{self.path}: no video {video_id!r} in the store")
 
     def iter_shards(self) -> Iterator[tuple[pa.Table, pa.Table]]:
-        for videos, samples in zip(self.files("videos"), self.files("samples")):
-            yield pq.read_table(videos), pq.read_table(samples)
+        for index in range(len(self.shards)):
+            yield self.shard_videos(index), self.shard_samples(index)
 
     # -- Ray Data -------------------------------------------------------------------------------------------
 
@@ -537,15 +595,15 @@ class FeatureStore:
         `columns_only`. Samples come in store order; unknown ids are left out."""
         wanted = pa.array(list(sample_ids), pa.string())
         parts = []
-        for shard in self.shards:
-            samples = pq.read_table(self.path / shard["samples_file"], schema=SAMPLE_SCHEMA)
+        for index in range(len(self.shards)):
+            samples = self.shard_samples(index)
             samples = samples.filter(pc.is_in(samples.column("sample_id"), value_set=wanted))
             if samples.num_rows == 0:
                 continue
             if columns_only:
                 parts.append({name: samples.column(name).to_numpy(zero_copy_only=False) for name in samples.column_names})
             else:
-                parts.append(join_shard(pq.read_table(self.path / shard["videos_file"]), samples, self.feature_dim, self.max_steps))
+                parts.append(join_shard(self.shard_videos(index), samples, self.feature_dim, self.max_steps))
         if not parts:
             raise StoreError(f"{self.path}: none of the samples {list(sample_ids)[:3]}... is in the store")
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

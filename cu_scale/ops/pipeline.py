@@ -36,7 +36,7 @@ import time
 from typing import Callable
 
 from cu_scale.config import ConfigError, PrepareConfig, RunConfig
-from cu_scale.console import describe_clusters, describe_store, metrics_table
+from cu_scale.console import describe_clusters, describe_store, error_line, metrics_table
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
@@ -159,7 +159,7 @@ def _implicit(p: Pipeline) -> dict:
     started = time.perf_counter()
     result = p.watched("implicit", lambda beat: train_implicit(c.store, c.implicit, c.batches, c.cluster, c.encode, c.run_dir, progress=p.progress, heartbeat=beat))
     if result.error:
-        raise RuntimeError(f"implicit training failed: {result.error}")
+        raise RuntimeError(f"implicit training failed: {error_line(result.error)}")
     metrics = result.metrics
     terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss_"))
     p.say(f"implicit     {metrics['epoch'] + 1} epoch(s) on {c.implicit.workers} worker(s) in {time.perf_counter() - started:.1f} s; last epoch: {terms}")
@@ -214,7 +214,7 @@ def _explicit(p: Pipeline) -> dict:
                 lambda beat: train_explicit(c.store, c.explicit, model, source, c.run_dir, c.encode, c.batches, c.cluster.k, progress=p.progress, heartbeat=beat),
             )
             if result.error:
-                raise RuntimeError(f"explicit training of {name} failed: {result.error}")
+                raise RuntimeError(f"explicit training of {name} failed: {error_line(result.error)}")
             m = result.metrics
             p.say(
                 f"explicit     {name}: {m['epoch'] + 1} epoch(s) on {m['samples']:,} samples ({m['unlabelled']:,} without a {source} label)"
@@ -431,6 +431,10 @@ class Pipeline:
 
     def run_stage(self, stage: str) -> dict:
         """One stage alone (its inputs must exist); records its marker and returns its summary."""
+        if stage != "prepare":
+            from cu_scale.data.store import FeatureStore
+
+            FeatureStore(self.config.store).require_intact()  # a truncated shard stops the stage now, by name
         started = time.perf_counter()
         summary = STAGE[stage].run(self)
         self._record(stage, time.perf_counter() - started, summary)

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from cu_scale.stages.clustering import COUNTS_FILE
 from cu_scale.data.partial_labels import PartialLabelSpec, assign_partial_labels
 from cu_scale.data.records import Sample
-from cu_scale.data.store import MANIFEST_FILE, REJECTS_FILE, SAMPLE_SCHEMA, FeatureStore, _sample_row, _sha256
+from cu_scale.data.store import MANIFEST_FILE, REJECTS_FILE, SAMPLE_SCHEMA, FeatureStore, _sample_row
+from cu_scale.storage import locate
 
 SHARED_DIRECTORIES = ("videos", "embeddings", "words", "clusters")
 
@@ -75,13 +76,13 @@ def relabel_store(source: str | os.PathLike, out: str | os.PathLike, spec: Parti
     manifest = json.loads((store.path / MANIFEST_FILE).read_text())
     description = spec.describe()
     for shard in manifest["shards"]:
-        videos = pq.read_table(store.path / shard["videos_file"], columns=["video_id", "duration"])
+        videos = store.shard_videos(shard["index"], ["video_id", "duration"])
         durations = dict(zip(videos.column("video_id").to_pylist(), videos.column("duration").to_pylist()))
         original = _samples(store.shard_samples(shard["index"]))
         samples = [s if s.gt is None else relabelled for s, relabelled in zip(original, assign_partial_labels(original, spec, durations))]
         file = staging / shard["samples_file"]
         pq.write_table(pa.Table.from_pylist([_sample_row(s) for s in samples], schema=SAMPLE_SCHEMA), file)
-        shard["samples_sha256"], shard["samples_bytes"] = _sha256(file), file.stat().st_size
+        shard["samples_sha256"], shard["samples_bytes"] = locate(file).sha256(), file.stat().st_size
     manifest["partial_labels"] = {split: description for split in manifest["counts"]["splits"]}
     manifest["relabelled_from"] = str(store.path.resolve())
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -42,6 +42,7 @@ import time
 import yaml
 
 from cu_scale.config import ConfigError, RunConfig, build_config, read_yaml_mapping, resolve_paths
+from cu_scale.console import error_line
 
 OBJECTIVE = "val_pseudo_mIoU"
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -179,7 +180,7 @@ def run_trial(params: dict, setup: dict) -> None:
         validation=setup["validation"], callbacks=(TuneReportCallback(),), heartbeat=setup["heartbeat"],
     )
     if result.error:
-        raise RuntimeError(f"trial {trial_dir.name}: implicit training failed: {result.error}")
+        raise RuntimeError(f"trial {trial_dir.name}: implicit training failed: {error_line(result.error)}")
 
 
 def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | pathlib.Path, say=print) -> dict:

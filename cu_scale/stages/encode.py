@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cu_scale.config import ConfigError, EncodeConfig
-from cu_scale.data.store import SAMPLE_SCHEMA, FeatureStore, StoreError
+from cu_scale.data.store import FeatureStore, StoreError, read_shard
 
 EMBEDDINGS_DIR = "embeddings"
 WORDS_DIR = "words"
@@ -69,12 +69,13 @@ class ShardEncoder:
         torch.set_num_threads(threads)  # Ray starts actors with one thread unless told otherwise
         self.encoder = QueryEncoder(model, device=device, max_tokens=max_tokens)
         self.store_path, self.batch_size = pathlib.Path(store_path), batch_size
+        self.shards = {shard["samples_file"]: shard for shard in FeatureStore(store_path).shards}  # their checksums
         self.progress = Progress(ENCODED_QUERIES, "queries embedded by the encode stage", store=self.store_path.name)
 
     def __call__(self, batch: dict) -> dict:
         counts = []
         for samples_file in batch["samples_file"]:
-            samples = pq.read_table(self.store_path / samples_file, columns=["sample_id", "query"], schema=SAMPLE_SCHEMA)
+            samples = read_shard(self.store_path, self.shards[samples_file], "samples", ["sample_id", "query"])
             queries, inverse = np.unique(np.asarray(samples.column("query").to_pylist(), dtype=object), return_inverse=True)
             # Batch queries of the same token count together: each batch is padded only to its longest query.
             # (sentence-transformers sorts by characters, which pads about 15% more on Charades-STA.)

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from cu_scale.config import BatchConfig, ConfigError
 from cu_scale.stages.encode import read_words
-from cu_scale.data.store import SAMPLE_SCHEMA, FeatureStore, StoreError, features_from_column
+from cu_scale.data.store import FeatureStore, StoreError, features_from_column, read_shard
 
 WINDOW_SAMPLES_PER_CLUSTER_GROUP = 16  # window ≥ 16·K·(B/N) training samples: ~3 % repeats
 # A stream's blocks hold this many bytes of batches (at least one batch). Ray Data's default, 128 MiB, is 52
@@ -84,7 +84,7 @@ class StoreLayout:
     max_steps: int
     word_dim: int
     max_tokens: int
-    shards: tuple[tuple[str, str], ...]  # (videos_file, samples_file) per shard
+    shards: tuple[dict, ...]  # the manifest's entry of each shard: its files, sizes and checksums
     shard_bytes: tuple[int, ...]  # per shard, its features and word features at most padded
 
     @classmethod
@@ -92,7 +92,7 @@ class StoreLayout:
         dim, tokens = int(encode_meta["dim"]), int(encode_meta["max_tokens"])
         return cls(
             str(store.path.resolve()), store.feature_dim, store.max_steps, dim, tokens,
-            tuple((s["videos_file"], s["samples_file"]) for s in store.shards),
+            tuple(store.shards),
             tuple(2 * (s["num_videos"] * store.max_steps * store.feature_dim + s["num_samples"] * tokens * dim) for s in store.shards),
         )
 
@@ -129,15 +129,14 @@ class Window:
         self.word_views: list[np.ndarray] = []
         columns: dict[str, list] = {}
         for index in shard_indices:
-            videos_file, samples_file = layout.shards[index]
-            samples = pq.read_table(os.path.join(layout.path, samples_file), schema=SAMPLE_SCHEMA)
+            samples = read_shard(layout.path, layout.shards[index], "samples")
             chosen = np.ones(samples.num_rows, bool) if split is None else pc.equal(samples.column("split"), split).to_numpy(zero_copy_only=False)
             if keep is not None:
                 chosen &= keep(samples)
             rows = np.flatnonzero(chosen)
             if not len(rows):
                 continue
-            videos = pq.read_table(os.path.join(layout.path, videos_file), columns=["video_id", "duration", *(["features"] if features else [])])
+            videos = read_shard(layout.path, layout.shards[index], "videos", ["video_id", "duration", *(["features"] if features else [])])
             row_of = {v: i for i, v in enumerate(videos.column("video_id").to_pylist())}
             video_ids = samples.column("video_id").to_numpy(zero_copy_only=False)[rows]
             video_rows = np.array([row_of[v] for v in video_ids], np.int64)
@@ -152,7 +151,7 @@ class Window:
             for name, values in part.items():
                 columns.setdefault(name, []).append(values)
             if features:
-                words, _ = read_words(layout.path, samples_file, layout.word_dim, samples.column("sample_id"))
+                words, _ = read_words(layout.path, layout.shards[index]["samples_file"], layout.word_dim, samples.column("sample_id"))
                 self.video_views += features_from_column(videos.column("features"), layout.feature_dim)
                 self.word_views += [words[r] for r in rows]
         self.columns = {name: np.concatenate(parts) for name, parts in columns.items()}
@@ -314,11 +313,11 @@ def implicit_window(layout: StoreLayout, clusters_dir: str, memberships: int, pe
     from cu_scale.method.batching import plan_batches
 
     def clusters_of(index: int, samples: pa.Table, rows: np.ndarray) -> dict:
-        path = pathlib.Path(clusters_dir) / pathlib.Path(layout.shards[index][1]).name
+        path = pathlib.Path(clusters_dir) / pathlib.Path(layout.shards[index]["samples_file"]).name
         table = pq.read_table(path)
         train_rows = np.flatnonzero(pc.equal(samples.column("split"), "train").to_numpy(zero_copy_only=False))
         if not table.column("sample_id").equals(samples.column("sample_id").take(pa.array(train_rows))):
-            raise StoreError(f"{path} does not hold the training samples of {layout.shards[index][1]} in order: rerun `cu-scale cluster`")
+            raise StoreError(f"{path} does not hold the training samples of {layout.shards[index]['samples_file']} in order: rerun `cu-scale cluster`")
         column = table.column("clusters").combine_chunks()
         clusters = column.values.to_numpy().reshape(len(table), memberships)
         return {"clusters": clusters[np.searchsorted(train_rows, rows)]}
@@ -361,10 +360,10 @@ def explicit_labels(layout: StoreLayout, source: str, pseudo_labels_dir: str | N
             prefix = "gt" if source == "gt" else "partial"
             return {"target_start": samples.column(f"{prefix}_start").to_numpy(zero_copy_only=False)[rows].astype(float),
                     "target_end": samples.column(f"{prefix}_end").to_numpy(zero_copy_only=False)[rows].astype(float)}
-        table = pq.read_table(pathlib.Path(pseudo_labels_dir) / pathlib.Path(layout.shards[index][1]).name, columns=["sample_id", "pseudo_start", "pseudo_end"])
+        table = pq.read_table(pathlib.Path(pseudo_labels_dir) / pathlib.Path(layout.shards[index]["samples_file"]).name, columns=["sample_id", "pseudo_start", "pseudo_end"])
         where = pc.index_in(samples.column("sample_id").take(pa.array(rows)), value_set=table.column("sample_id"))
         if where.null_count:
-            raise StoreError(f"{pseudo_labels_dir}: {where.null_count} training samples of {layout.shards[index][1]} have no pseudo-label: rerun the pseudo-label stage")
+            raise StoreError(f"{pseudo_labels_dir}: {where.null_count} training samples of {layout.shards[index]['samples_file']} have no pseudo-label: rerun the pseudo-label stage")
         where = where.to_numpy()
         target = {"target_start": table.column("pseudo_start").to_numpy()[where], "target_end": table.column("pseudo_end").to_numpy()[where]}
         if source == "mixed":
@@ -493,8 +492,8 @@ def read_examples(layout: StoreLayout, sample_ids: list[str]) -> dict[str, np.nd
     """A few samples, read here (no Ray), with the columns of `inference_dataset`; store order, unknown ids left out."""
     wanted = pa.array(list(sample_ids), pa.string())
     parts = []
-    for index, (_, samples_file) in enumerate(layout.shards):
-        ids = pq.read_table(os.path.join(layout.path, samples_file), columns=["sample_id"]).column("sample_id")
+    for index, shard in enumerate(layout.shards):
+        ids = read_shard(layout.path, shard, "samples").column("sample_id")
         if pc.any(pc.is_in(ids, value_set=wanted)).as_py():
             window = Window(layout, [index], None, keep=lambda samples: pc.is_in(samples.column("sample_id"), value_set=wanted).to_numpy(zero_copy_only=False))
             parts.append({**window.columns, **window.gather(np.arange(window.size))})
