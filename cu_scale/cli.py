@@ -161,11 +161,12 @@ def _load(args):
     return load_config(args.config, parse_overrides(args.set))
 
 
-def print_results(run_dir: str | pathlib.Path) -> None:
+def print_results(run_dir: str) -> None:
     from cu_scale.console import metrics_table
     from cu_scale.ops.pipeline import METRICS_FILE
+    from cu_scale.storage import locate
 
-    run_dir = pathlib.Path(run_dir)
+    run_dir = locate(run_dir)
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     print(f"\ntest split: explicit models (R@1, percent)\n{metrics_table(metrics['explicit'])}")
     if metrics.get("pseudo_labels"):
@@ -181,7 +182,7 @@ def _run_demo(args) -> int:
     started = time.perf_counter()
     # The demo world is rebuilt every time: results of an earlier demo belong to another corpus.
     Pipeline(config, progress=not args.quiet).run(start_from="prepare")
-    print_results(pathlib.Path(config.run_dir))
+    print_results(config.run_dir)
     print(f"demo ready in {time.perf_counter() - started:.1f} s under {args.out}")
     return 0
 
@@ -192,7 +193,7 @@ def _run_run(args) -> int:
     config = _load(args)
     started = time.perf_counter()
     Pipeline(config, progress=not args.quiet).run(start_from=args.start_from)
-    print_results(pathlib.Path(config.run_dir))
+    print_results(config.run_dir)
     print(f"run finished in {time.perf_counter() - started:.1f} s under {config.run_dir}")
     return 0
 
@@ -245,7 +246,7 @@ def _run_predict(args) -> int:
         rate = result["rows"] / max(result["seconds"], 1e-9)
         print(f"predicted    {result['rows']:,} {args.split} queries of {args.store} with {len(result['files'])} model(s) in {result['seconds']:.1f} s ({rate:,.0f} queries/s) → {result['out']}")
         for name, path in result["files"].items():
-            print(f"  {name:<28} {path.with_suffix('.parquet').name}, {path.name}   (cu-scale evaluate {path})")
+            print(f"  {name:<28} {path.name.removesuffix('.jsonl')}.parquet, {path.name}   (cu-scale evaluate {path})")
         return 0
     if not args.features or not args.query or args.duration is None:
         raise SystemExit("cu-scale predict: give --features, --query and --duration (one query), or --store (a whole split)")

@@ -36,6 +36,13 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the file and the field."""
 
 
+# PLACEMENT of a training stage's workers (Ray Train's placement strategy): "pack" fills a node before the
+# next (collectives stay inside a node: what multi-GPU nodes want); "spread" puts them on different nodes
+# where it can (a lost node then takes one worker's share, and the group restarts from its checkpoint with
+# the others). Where the workers run never changes what they compute, so no stage marker records it.
+PLACEMENTS = ("pack", "spread")
+
+
 def _at_least(section, name: str, minimum: int):
     value = getattr(section, name)
     if value < minimum:
@@ -213,6 +220,7 @@ class ImplicitConfig:
     workers: int = 1
     zero_stage: int = 1
     max_failures: int = 2  # restarts of the worker group from the latest checkpoint
+    placement: str = "pack"  # PLACEMENT: how the workers spread over the nodes
     # losses (Eq. 3–8)
     # The paper gives no margins. While a hinge is active its gradient does not depend on the margin, so the
     # margins only matter once most samples satisfy them; then β sets how hard L_raun pushes the event to
@@ -252,6 +260,7 @@ class ImplicitConfig:
         _at_least(self, "hidden_dim", 8)
         _one_of(self, "zero_stage", (0, 1, 2))
         _one_of(self, "lr_schedule", ("cosine", "constant"))
+        _one_of(self, "placement", PLACEMENTS)
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
         try:  # the method checks its own settings; its messages start with the field's name
@@ -308,6 +317,7 @@ class ExplicitConfig:
     workers: int = 1
     zero_stage: int = 1
     max_failures: int = 2
+    placement: str = "pack"  # PLACEMENT
     test_split: str = "test"  # the split the models are evaluated on (never trained or selected on)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always has one); each costs a save
     seed: int = 0
@@ -324,6 +334,7 @@ class ExplicitConfig:
         _at_least(self, "layers", 1)
         _one_of(self, "zero_stage", (0, 1, 2))
         _one_of(self, "lr_schedule", ("cosine", "constant"))
+        _one_of(self, "placement", PLACEMENTS)
         if not self.models or not self.label_sources:
             raise ConfigError("models: at least one model and one label source are needed")
         for model in self.models:

@@ -17,14 +17,21 @@ index lists.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
 import hashlib
+import io
 import os
 import pathlib
 import posixpath
 import urllib.parse
 
+import numpy as np
+
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 
 class StorageError(ValueError):
@@ -103,12 +110,34 @@ class Location:
         return self.read_bytes().decode("utf-8")
 
     def write_bytes(self, data: bytes) -> None:
-        self.parent.mkdir()
-        with self.fs.open_output_stream(self.path) as stream:
+        """Write the whole file at once: readers see the old file or the new one, never a part (`replaced`)."""
+        with self.replaced() as partial, partial.fs.open_output_stream(partial.path) as stream:
             stream.write(data)
+
+    @contextlib.contextmanager
+    def replaced(self):
+        """A location to write this file's new content to, which becomes this file when the block ends.
+
+        Local disk: a sibling ``NAME.partial`` renamed over it. Object storage: the file itself, since an
+        object appears only when its upload completes."""
+        self.parent.mkdir()
+        if not self.is_local:
+            yield self
+            return
+        partial = self.with_name(self.name + ".partial")
+        try:
+            yield partial
+        except BaseException:
+            partial.unlink()
+            raise
+        os.replace(partial.path, self.path)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
+
+    def open_text(self):
+        """The file as text lines (UTF-8), streamed: ``for line in location.open_text()``."""
+        return io.TextIOWrapper(self.fs.open_input_stream(self.path), encoding="utf-8")
 
     def open_input(self):
         """A seekable binary file (pyarrow's RandomAccessFile): what Parquet, numpy and h5py readers take."""
@@ -118,8 +147,15 @@ class Location:
         self.parent.mkdir()
         return self.fs.open_output_stream(self.path)
 
-    def mkdir(self) -> None:
+    def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
+        """Create this directory and its parents (pathlib's signature; object stores need no directories)."""
         self.fs.create_dir(self.path, recursive=True)
+
+    def unlink(self, missing_ok: bool = True) -> None:
+        if self.is_file():
+            self.fs.delete_file(self.path)
+        elif not missing_ok:
+            raise FileNotFoundError(self.text)
 
     def remove_tree(self) -> None:
         """Delete this directory and everything under it; nothing happens when it does not exist."""
@@ -127,6 +163,31 @@ class Location:
             self.fs.delete_dir(self.path)
         elif self.is_file():
             self.fs.delete_file(self.path)
+
+    def glob(self, pattern: str) -> list["Location"]:
+        """The entries under this directory that match `pattern` (fnmatch per path part, e.g. ``*/counts.npy``), sorted."""
+        parts = pattern.strip("/").split("/")
+        found = [self]
+        for part in parts:
+            found = [
+                location / posixpath.basename(info.path)
+                for location in found
+                for info in location.fs.get_file_info(pafs.FileSelector(location.path, allow_not_found=True))
+                if fnmatch.fnmatchcase(posixpath.basename(info.path), part)
+            ]
+        return sorted(found, key=lambda location: location.path)
+
+    def walk_files(self) -> dict[str, int]:
+        """Every file under this directory, recursively: its path relative to here → its size in bytes."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=True)
+        return {
+            posixpath.relpath(info.path, self.path): info.size for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File
+        }
+
+    def copy_to(self, target: "Location") -> None:
+        """Copy this file to `target`, which may be on another filesystem."""
+        target.parent.mkdir()
+        pafs.copy_files(self.path, target.path, source_filesystem=self.fs, destination_filesystem=target.fs)
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -156,3 +217,62 @@ def locate(where: "str | os.PathLike | Location") -> Location:
     except (ValueError, OSError) as error:  # pyarrow.ArrowInvalid is a ValueError
         raise StorageError(f"{text}: not a location cu-scale can open ({error})") from None
     return Location(fs, path.rstrip("/"), text.rstrip("/"))
+
+
+def staging_for(final: Location) -> Location:
+    """Where to write a directory that `publish` will make `final`.
+
+    Local disk: a sibling ``FINAL.partial``, emptied, then renamed over `final` (readers never see half a
+    directory). Object storage has no rename: `final` itself, emptied; the writer writes its index file
+    (a manifest, a summary) last, and readers trust only what an index lists."""
+    staging = final.with_name(final.name + ".partial") if final.is_local else final
+    staging.remove_tree()
+    staging.mkdir()
+    return staging
+
+
+def publish(staging: Location, final: Location) -> None:
+    """Make what was written into `staging_for(final)` the directory `final`."""
+    if staging.path == final.path:
+        return
+    final.remove_tree()
+    os.rename(staging.path, final.path)
+
+
+@contextlib.contextmanager
+def staged(final: Location):
+    """`staging_for(final)` for the block, published when it ends without an error and discarded otherwise."""
+    staging = staging_for(final)
+    try:
+        yield staging
+    except BaseException:
+        staging.remove_tree()  # on object storage, what was written of `final`
+        raise
+    publish(staging, final)
+
+
+def read_table(location: Location, **options) -> pa.Table:
+    """A Parquet file (or a directory of them) at `location`; `options` are pyarrow.parquet.read_table's."""
+    return pq.read_table(location.path, filesystem=location.fs, **options)
+
+
+def write_table(table: pa.Table, location: Location, **options) -> None:
+    """Write a Parquet file whole (`Location.replaced`); `options` are pyarrow.parquet.write_table's."""
+    with location.replaced() as partial:
+        pq.write_table(table, partial.path, filesystem=partial.fs, **options)
+
+
+def parquet_writer(location: Location, schema: pa.Schema, **options) -> pq.ParquetWriter:
+    location.parent.mkdir()
+    return pq.ParquetWriter(location.path, schema, filesystem=location.fs, **options)
+
+
+def write_array(location: Location, array: np.ndarray) -> None:
+    """One numpy array as a ``.npy`` file (no pickled objects)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    location.write_bytes(buffer.getvalue())
+
+
+def read_array(location: Location) -> np.ndarray:
+    return np.load(io.BytesIO(location.read_bytes()), allow_pickle=False)

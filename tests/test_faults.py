@@ -75,7 +75,7 @@ def test_a_truncated_checkpoint_is_named_by_inference_and_by_resume(run_copy, tm
 
     run, config = run_copy
     explicit = checkpoints(run / "explicit" / "BoundaryRegressor-pseudo")[-1]
-    weights = next(explicit.glob("global_step*/mp_rank_00_model_states.pt"))
+    weights = explicit.glob("global_step*/mp_rank_00_model_states.pt")[0]
     _truncate(weights)
     features = tmp_path / "video.npy"
     np.save(features, np.zeros((16, 64), np.float32))
@@ -85,7 +85,7 @@ def test_a_truncated_checkpoint_is_named_by_inference_and_by_resume(run_copy, tm
 
     # Resuming the implicit stage from a damaged checkpoint stops before any worker starts, by name.
     implicit = checkpoints(run / "implicit")[-1]
-    optimizer = next(implicit.glob("global_step*/*optim_states.pt"))
+    optimizer = implicit.glob("global_step*/*optim_states.pt")[0]
     _truncate(optimizer, keep=0.9)
     assert main(["implicit", str(config), "--set", "implicit.epochs=2"]) == 2
     error = capsys.readouterr().err.strip()

@@ -3,6 +3,7 @@
 read from the head's metrics endpoint; the head stopped at the end (only this head: `ray stop` would stop
 every Ray on the machine)."""
 
+import json
 import os
 import pathlib
 import re
@@ -52,15 +53,56 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _json_list(printed: str) -> list:
+    """The JSON list `ray list ... --format json` printed (after any line Ray logs before it)."""
+    start = printed.find("[")
+    return json.loads(printed[start:]) if start >= 0 else []
+
+
+def _start_node(command: list[str], env: dict, log_path: pathlib.Path, ready) -> subprocess.Popen:
+    """A `ray start --block` process in a process group of its own, waited for until `ready()` holds."""
+    log = open(log_path, "w")
+    node = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ready():
+        if node.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{command[1:3]} did not start: {log_path.read_text()[-3000:]}")
+        time.sleep(1)
+    return node
+
+
+def _stop_node(node: subprocess.Popen, temp: pathlib.Path) -> None:
+    os.killpg(node.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+    try:
+        node.wait(timeout=5)  # it would take half a minute to stop them gracefully: nothing of it is kept
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)
+    for pid in _processes_mentioning(str(temp)):  # anything of this node's that outlived it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _node_ports() -> list[str]:
+    names = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
+    return [arg for name, port in zip(names, _free_ports(len(names))) for arg in (name, str(port))]
+
+
 @pytest.fixture(scope="module")
-def ray_head():
-    """A Ray head of our own: free ports for every service, its own temp dir and token file."""
+def ray_cluster(s3_server):
+    """A Ray cluster of our own on 127.0.0.1: a head and a second node joined with `ray start --address`, each
+    with its own temp dir and free ports, token authentication (Ray 2.60's default) with a token file of its
+    own, and the S3 server's credentials in the nodes' environment, as a cluster's nodes would have them."""
     temp = pathlib.Path(tempfile.mkdtemp(prefix="cuh", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     token = temp / "token"
     token.write_text(secrets.token_hex(32))
-    gcs, dashboard, agent, agent_grpc, runtime_env, node_manager, object_manager, metrics, client = _free_ports(9)
+    gcs, dashboard, client = _free_ports(3)
+    metrics = _free_ports(1)[0]
     env = {
         **os.environ,
+        **s3_server["env"],
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this environment's
@@ -68,44 +110,42 @@ def ray_head():
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
     }
     env.pop("RAY_ADDRESS", None)
-    command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "2", "--temp-dir", str(temp / "ray"),
-        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-        "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager), "--metrics-export-port", str(metrics),
-        "--ray-client-server-port", str(client),
-    ]
-    log = open(temp / "head.log", "w")
-    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=5)
-                break
-            except OSError as error:  # refused until it listens; 401 once it does
-                if getattr(error, "code", None) == 401:
-                    break
-                if head.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the Ray head did not start: {(temp / 'head.log').read_text()[-3000:]}") from None
-                time.sleep(1)
-        yield {"address": address, "env": env, "metrics": f"http://127.0.0.1:{metrics}/metrics", "temp": temp}
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+
+    def head_answers() -> bool:
         try:
-            head.wait(timeout=5)  # it would take half a minute to stop them gracefully: nothing of it is kept
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        for pid in _processes_mentioning(str(temp)):  # anything of this head's that outlived it
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+            urllib.request.urlopen(f"{address}/api/version", timeout=5)
+            return True
+        except OSError as error:  # refused until it listens; 401 once it does
+            return getattr(error, "code", None) == 401
+
+    def nodes_alive() -> int:
+        listed = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", address, "--format", "json", "--filter", "state=ALIVE"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        return len(_json_list(listed.stdout)) if listed.returncode == 0 else 0
+
+    head_command = [
+        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "2", "--temp-dir", str(temp / "ray"),
+        "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--ray-client-server-port", str(client), *_node_ports(),
+    ]
+    head_command[head_command.index("--metrics-export-port") + 1] = str(metrics)
+    head = _start_node(head_command, env, temp / "head.log", head_answers)
+    second = None
+    try:
+        second_command = [
+            str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", "--block", "--disable-usage-stats", "--num-cpus", "2",
+            "--temp-dir", str(temp / "ray-second"), "--node-ip-address", "127.0.0.1", *_node_ports(),
+        ]
+        second = _start_node(second_command, env, temp / "second.log", lambda: nodes_alive() == 2)
+        yield {"address": address, "env": env, "metrics": f"http://127.0.0.1:{metrics}/metrics", "temp": temp, "second": second}
+    finally:
+        if second is not None:
+            _stop_node(second, temp / "ray-second")
+        _stop_node(head, temp)
 
 
-def test_a_worker_of_the_embedded_ray_finds_its_own_ray_while_another_runs(ray_head, local_ray):
+def test_a_worker_of_the_embedded_ray_finds_its_own_ray_while_another_runs(ray_cluster, local_ray):
     """Ray Train frees a stopped trial's workers through the state API, called in a worker; with two Rays
     on one machine that API refuses to guess which one it is in, unless the embedded Ray told its workers."""
 
@@ -147,34 +187,58 @@ class MetricsRecorder(threading.Thread):
                     self.seen.setdefault(re.split(r"[{ ]", line, maxsplit=1)[0], []).append(line)
 
 
-def test_the_demo_pipeline_runs_as_a_job_with_ray_job_submit_and_with_cu_scale_submit(ray_head, tmp_path):
-    root = tmp_path / "root"
-    recorder = MetricsRecorder(ray_head["metrics"])
+def _actors(cluster: dict, class_name: str) -> list[dict]:
+    listed = subprocess.run(
+        [str(BIN / "ray"), "list", "actors", "--address", cluster["address"], "--filter", f"class_name={class_name}", "--detail", "--format", "json", "--limit", "1000"],
+        env=cluster["env"], capture_output=True, text=True, timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    return _json_list(listed.stdout)
+
+
+def test_the_demo_pipeline_runs_as_a_job_on_two_nodes_with_its_store_and_run_in_s3(ray_cluster, s3_bucket, s3_server, tmp_path):
+    from cu_scale.storage import locate
+
+    recorder = MetricsRecorder(ray_cluster["metrics"])
     recorder.start()
-    sets = [arg for item in TINY for arg in ("--set", item)]
+    store, run = locate(f"{s3_bucket}/store"), locate(f"{s3_bucket}/run")
+    # Two explicit workers, spread: one on each node. Nothing is on a shared disk: store and run are in S3.
+    settings = [*TINY, f"store={store}", f"run_dir={run}", "explicit.workers=2", "explicit.placement=spread"]
+    sets = [arg for item in settings for arg in ("--set", item)]
 
     # 1. Ray's own CLI, as the README shows it.
     submitted = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", str(REPO), "--",
-         "python", "-m", "jobs.run", "--config", "configs/demo.yaml", "--root", str(root), "--quiet", *sets],
-        env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=900,
+        [str(BIN / "ray"), "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO), "--",
+         "python", "-m", "jobs.run", "--config", "configs/demo.yaml", "--root", str(tmp_path), "--quiet", *sets],
+        env=ray_cluster["env"], cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout.lower() and "run finished" in submitted.stdout
-    assert (root / "runs" / "demo" / "metrics.json").is_file() and (root / "runs" / "demo" / "report.md").is_file()
-    assert list((root / "runs" / "demo" / "tensorboard" / "explicit").glob("**/events.out.tfevents.*"))
+    written = run.walk_files()
+    for name in ("metrics.json", "report.md", "plots/iou_histogram.png", "stages/evaluate.json", "predictions/SpanDETR-gt.jsonl"):
+        assert name in written, sorted(written)
+    assert any(name.startswith("tensorboard/explicit/SpanDETR-gt/events.out.tfevents.") for name in written)
+    checkpoint = max(name.split("/")[2] for name in written if name.startswith("explicit/SpanDETR-gt/checkpoint_2"))
+    assert {f"explicit/SpanDETR-gt/{checkpoint}/cu_scale_files_rank{rank}.json" for rank in (0, 1)} <= set(written)
+    assert (store / "manifest.json").is_file() and (store / "embeddings" / "part-00000.parquet").is_file()
+    assert not any(tmp_path.iterdir())  # nothing on the local disk
+    # The two training workers ran on the two nodes.
+    workers = _actors(ray_cluster, "RayTrainWorker")
+    assert len({actor["node_id"] for actor in workers}) == 2, [(a["node_id"], a["state"]) for a in workers]
+    # No credential reached any artifact.
+    assert not [name for name, size in written.items() if s3_server["secret"].encode() in (run / name).read_bytes()]
 
     # 2. `cu-scale submit`, redoing the run from the report stage; the token comes from the environment. A process
     #    of its own, as a user runs it: Ray caches the first token a process reads (this one's local Ray has another).
-    before = (root / "runs" / "demo" / "report.md").stat().st_mtime
+    before = (run / "report.md").info().mtime
     resubmitted = subprocess.run(
-        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_head["address"], "--root", str(root), "--from", "report", "--quiet", *sets],
-        env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=900,
+        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_cluster["address"], "--root", str(tmp_path), "--from", "report", "--quiet", *sets],
+        env=ray_cluster["env"], cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     out = resubmitted.stdout
     assert resubmitted.returncode == 0, out[-3000:] + resubmitted.stderr[-3000:]
     assert "✓ explicit" in out and "skipped" in out and re.search(r"job raysubmit_\w+ SUCCEEDED", out)
-    assert (root / "runs" / "demo" / "report.md").stat().st_mtime > before
+    assert (run / "report.md").info().mtime > before
 
     # 3. The project's metrics, from the head's metrics endpoint.
     deadline = time.monotonic() + 30
@@ -187,18 +251,18 @@ def test_the_demo_pipeline_runs_as_a_job_with_ray_job_submit_and_with_cu_scale_s
     assert any('store="store"' in line for line in recorder.seen["ray_cu_scale_encoded_queries_total"])
 
 
-def test_a_job_fails_with_a_nonzero_exit_and_no_token_is_refused_with_what_to_set(ray_head, tmp_path):
+def test_a_job_fails_with_a_nonzero_exit_and_no_token_is_refused_with_what_to_set(ray_cluster, tmp_path):
     # The pseudo-label stage alone, before any implicit checkpoint exists: the job fails, and so does the command.
     failed = subprocess.run(
-        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_head["address"], "--root", str(tmp_path), "--stage", "pseudo-label", "--quiet"],
-        env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=600,
+        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_cluster["address"], "--root", str(tmp_path), "--stage", "pseudo-label", "--quiet"],
+        env=ray_cluster["env"], cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert failed.returncode == 1 and re.search(r"job raysubmit_\w+ FAILED", failed.stdout) and "no checkpoint under" in failed.stdout, failed.stdout[-3000:]
 
     # A client without the token (a fresh process: Ray caches a token once it has read one).
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
     refused = subprocess.run(
-        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_head["address"], "--root", str(tmp_path), "--no-wait"],
+        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_cluster["address"], "--root", str(tmp_path), "--no-wait"],
         env={**env, "HOME": str(tmp_path)}, cwd=REPO, capture_output=True, text=True, timeout=120,  # no ~/.ray/auth_token either
     )
     assert refused.returncode == 2 and "RAY_AUTH_MODE=token" in refused.stderr, refused.stderr[-2000:]

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -50,7 +49,7 @@ import pyarrow.parquet as pq
 
 from cu_scale.data.features import pad_with_mask
 from cu_scale.data.records import Sample
-from cu_scale.storage import locate
+from cu_scale.storage import Location, locate, parquet_writer, publish, staging_for, write_table
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -227,17 +226,14 @@ class StoreWriter:
     ):
         if shard_videos < 1 or feature_dim < 1 or max_steps < 1:
             raise ValueError("shard_videos, feature_dim and max_steps must all be ≥ 1")
-        self.path = pathlib.Path(path)
+        self.path = locate(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists; choose another --out or pass --overwrite")
         self.feature_dim, self.max_steps, self.shard_videos = feature_dim, max_steps, shard_videos
         self.policy, self.strict, self.compression = policy, strict, compression
         self.description = dict(description or {})
-        self.staging = self.path.with_name(self.path.name + ".partial")
-        shutil.rmtree(self.staging, ignore_errors=True)
-        (self.staging / "videos").mkdir(parents=True)
-        (self.staging / "samples").mkdir()
-        self._rejects_file = open(self.staging / REJECTS_FILE, "w", encoding="utf-8")
+        self.staging = staging_for(self.path)  # the manifest, written last, is what makes it a store
+        self._rejects_file = (self.staging / REJECTS_FILE).open_output()
         self._video_schema = video_schema(feature_dim)
         self._video_writer: pq.ParquetWriter | None = None
         self._shard_video_count = 0
@@ -268,7 +264,7 @@ class StoreWriter:
     def _reject(self, reject: Reject):
         self.first_reject = self.first_reject or reject
         self.reject_counts[reject.code] += 1
-        self._rejects_file.write(json.dumps(dataclasses.asdict(reject)) + "\n")
+        self._rejects_file.write((json.dumps(dataclasses.asdict(reject)) + "\n").encode("utf-8"))
         if self.strict:
             raise StoreRejectError(reject)
 
@@ -333,8 +329,7 @@ class StoreWriter:
             schema=self._video_schema,
         )
         if self._video_writer is None:
-            path = self.staging / "videos" / self._shard_name()
-            self._video_writer = pq.ParquetWriter(path, self._video_schema, compression=self.compression)
+            self._video_writer = parquet_writer(self.staging / "videos" / self._shard_name(), self._video_schema, compression=self.compression)
         self._video_writer.write_table(table)
         self.feature_bytes += sum(f.shape[0] for f in features) * self.feature_dim * 2
         self._videos = []
@@ -347,7 +342,7 @@ class StoreWriter:
         self._video_writer = None
         name = self._shard_name()
         samples = pa.Table.from_pylist([_sample_row(s) for s in self._samples], schema=SAMPLE_SCHEMA)
-        pq.write_table(samples, self.staging / "samples" / name, compression=self.compression)
+        write_table(samples, self.staging / "samples" / name, compression=self.compression)
         shard = {
             "index": len(self._shards),
             "num_videos": self._shard_video_count,
@@ -357,8 +352,8 @@ class StoreWriter:
         for table in ("videos", "samples"):
             file = self.staging / table / name
             shard[f"{table}_file"] = f"{table}/{name}"
-            shard[f"{table}_sha256"] = locate(file).sha256()
-            shard[f"{table}_bytes"] = file.stat().st_size
+            shard[f"{table}_sha256"] = file.sha256()
+            shard[f"{table}_bytes"] = file.size()
         self._shards.append(shard)
         self._samples, self._shard_video_count = [], 0
 
@@ -390,9 +385,7 @@ class StoreWriter:
             "shards": self._shards,
         }
         (self.staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.staging.rename(self.path)
+        publish(self.staging, self.path)
         self.manifest = manifest
         return manifest
 
@@ -400,7 +393,7 @@ class StoreWriter:
         self._rejects_file.close()
         if self._video_writer is not None:
             self._video_writer.close()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.remove_tree()
 
 
 def _sample_row(sample: Sample) -> dict:
@@ -489,8 +482,8 @@ def join_shard(videos: pa.Table, samples: pa.Table, feature_dim: int, max_steps:
 class FeatureStore:
     """A written store: its manifest, local access to its tables, and Ray Data datasets over them."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = pathlib.Path(path)
+    def __init__(self, path: "str | os.PathLike | Location"):
+        self.path = locate(path)
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.is_file():
             hint = " (a '.partial' directory is an unfinished write)" if self.path.name.endswith(".partial") else ""
@@ -507,7 +500,8 @@ class FeatureStore:
         self.shards = self.manifest["shards"]
 
     def files(self, table: str) -> list[str]:
-        return [str(self.path / shard[f"{table}_file"]) for shard in self.shards]
+        """The table's shard files as Ray Data and pyarrow name them: local paths or URIs."""
+        return [(self.path / shard[f"{table}_file"]).uri for shard in self.shards]
 
     def verify(self) -> list[str]:
         """Recompute every shard checksum; returns one message per mismatch or missing file."""
@@ -517,7 +511,7 @@ class FeatureStore:
                 file = self.path / shard[f"{table}_file"]
                 if not file.is_file():
                     problems.append(f"{file}: missing")
-                elif locate(file).sha256() != shard[f"{table}_sha256"]:
+                elif file.sha256() != shard[f"{table}_sha256"]:
                     problems.append(f"{file}: checksum differs from {MANIFEST_FILE}")
         return problems
 
@@ -528,18 +522,17 @@ class FeatureStore:
         run this before they start, so a truncated shard stops a run at once, by name. An altered file of
         the right size is caught by its checksum when a stage reads it (`read_shard`)."""
         for table in ("videos", "samples"):
-            sizes = (locate(self.path) / table).file_sizes()
+            sizes = (self.path / table).file_sizes()
             for shard in self.shards:
                 name = pathlib.PurePosixPath(shard[f"{table}_file"]).name
-                file = locate(self.path) / shard[f"{table}_file"]
+                file = self.path / shard[f"{table}_file"]
                 if name not in sizes:
                     raise StoreError(f"{file}: missing, though the manifest lists it; {VERIFY_HINT}")
                 if sizes[name] != shard[f"{table}_bytes"]:
                     raise StoreError(f"{file}: {sizes[name]} bytes where the manifest has {shard[f'{table}_bytes']} (truncated or altered after prepare); {VERIFY_HINT}")
 
     def rejects(self) -> list[dict]:
-        with open(self.path / REJECTS_FILE, encoding="utf-8") as lines:
-            return [json.loads(line) for line in lines]
+        return [json.loads(line) for line in (self.path / REJECTS_FILE).read_text().splitlines()]
 
     # -- local access (no Ray): small stores, tools, tests ---------------------------------------------------
 

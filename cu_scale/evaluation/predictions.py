@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cu_scale.evaluation.metrics import TOP_K, TOP_K_THRESHOLDS, IoUTally, recall_at_k, temporal_iou
+from cu_scale.storage import Location, locate
 
 
 class PredictionsError(ValueError):
@@ -71,20 +71,21 @@ PARQUET_ROWS = 8192  # records per row group
 
 
 class PredictionsWriter:
-    """Writes a predictions file a record at a time, into PATH.partial, renamed to PATH by `close`: a reader
-    never sees half a file. JSON Lines, or with `parquet` a Parquet file (PARQUET_SCHEMA) a row group at a time."""
+    """Writes a predictions file a record at a time, which appears at PATH only when `close` is called: a
+    reader never sees half a file (`cu_scale.storage.Location.replaced`). JSON Lines, or with `parquet` a
+    Parquet file (PARQUET_SCHEMA) a row group at a time. PATH may be a local path or an object-store URI."""
 
-    def __init__(self, path: str | os.PathLike, parquet: bool = False):
-        self.path = pathlib.Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.parquet = pq.ParquetWriter(self.partial, PARQUET_SCHEMA) if parquet else None
-        self.out = None if parquet else open(self.partial, "w")
+    def __init__(self, path: "str | os.PathLike | Location", parquet: bool = False):
+        self.path = locate(path)
+        self._replacing = self.path.replaced()
+        partial = self._replacing.__enter__()
+        self.parquet = pq.ParquetWriter(partial.path, PARQUET_SCHEMA, filesystem=partial.fs) if parquet else None
+        self.out = None if parquet else partial.fs.open_output_stream(partial.path)
         self.rows: list[dict] = []
 
     def write(self, record: dict) -> None:
         if self.parquet is None:
-            self.out.write(json.dumps(record) + "\n")
+            self.out.write((json.dumps(record) + "\n").encode("utf-8"))
             return
         spans = record.get("spans") or []
         gt = record.get("gt") or (None, None)
@@ -102,27 +103,27 @@ class PredictionsWriter:
             self.parquet.write_table(pa.Table.from_pylist(self.rows, schema=PARQUET_SCHEMA))
             self.rows = []
 
-    def close(self) -> pathlib.Path:
+    def close(self) -> Location:
         if self.parquet is None:
             self.out.close()
         else:
             self._flush()
             self.parquet.close()
-        self.partial.replace(self.path)
+        self._replacing.__exit__(None, None, None)
         return self.path
 
 
-def write_predictions(records: list[dict], path: str | os.PathLike) -> pathlib.Path:
+def write_predictions(records: list[dict], path: "str | os.PathLike | Location") -> Location:
     writer = PredictionsWriter(path)
     for record in records:
         writer.write(record)
     return writer.close()
 
 
-def _parquet_records(path: pathlib.Path):
+def _parquet_records(path: Location):
     """(where, record) of a Parquet predictions file, a row group at a time."""
     try:
-        table = pq.ParquetFile(path)
+        table = pq.ParquetFile(path.open_input())
     except (OSError, pa.ArrowException) as error:
         raise PredictionsError(f"{path}: not a readable Parquet file ({error})") from None
     missing = {"sample_id", "pred_start", "pred_end"} - set(table.schema_arrow.names)
@@ -143,8 +144,8 @@ def _parquet_records(path: pathlib.Path):
             yield f"{path}:row {number}", record
 
 
-def _json_records(path: pathlib.Path):
-    with open(path) as lines:
+def _json_records(path: Location):
+    with path.open_text() as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -165,11 +166,11 @@ def _is_number(value) -> bool:
 def iter_predictions(path: str | os.PathLike):
     """The records of a predictions file (JSON Lines, or Parquet by its .parquet suffix), checked, one at a
     time; a bad line raises `PredictionsError` naming it."""
-    path = pathlib.Path(path)
+    path = locate(path)
     if not path.is_file():
         raise PredictionsError(f"{path}: no such predictions file")
     count = 0
-    for where, record in (_parquet_records(path) if path.suffix.lower() == ".parquet" else _json_records(path)):
+    for where, record in (_parquet_records(path) if path.name.lower().endswith(".parquet") else _json_records(path)):
         for field in ("sample_id", "pred"):
             if field not in record:
                 raise PredictionsError(f"{where}: the field {field!r} is missing")

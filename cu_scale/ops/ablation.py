@@ -10,9 +10,9 @@ the pipeline and leave their markers. A row whose stages finished with the same 
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 from cu_scale.config import RunConfig
+from cu_scale.storage import Location, locate
 
 LOSSES = ("raml", "raun", "erml", "erun")
 # Paper Table II: which of L_raml, L_raun, L_erml, L_erun each row keeps.
@@ -26,8 +26,8 @@ ROWS = {
 }
 
 
-def row_directory(config: RunConfig, row: str) -> pathlib.Path:
-    return pathlib.Path(config.run_dir) / "ablation" / row
+def row_directory(config: RunConfig, row: str) -> Location:
+    return locate(config.run_dir) / "ablation" / row
 
 
 def row_config(config: RunConfig, row: str) -> RunConfig:

@@ -14,9 +14,9 @@ A row's name comes from the config's `prepare` section (or the store's manifest 
 from __future__ import annotations
 
 import json
-import pathlib
 
 from cu_scale.config import RunConfig, load_config
+from cu_scale.storage import locate
 
 ROW_SOURCES = ("gt", "pseudo", "partial")
 
@@ -45,7 +45,7 @@ def run_comparison(config_paths: list[str], overrides: dict, progress: bool = Tr
         print(f"== {path} → {config.run_dir}", flush=True)
         Pipeline(config, progress=progress).run()
         print(f"   its stages took {stage_seconds(config.run_dir) / 60:.1f} min of wall time when they ran (RUN_DIR/stages/*.json)", flush=True)
-        metrics = json.loads((pathlib.Path(config.run_dir) / METRICS_FILE).read_text())
+        metrics = json.loads((locate(config.run_dir) / METRICS_FILE).read_text())
         pseudo = (metrics.get("pseudo_labels") or {}).get("pseudo-labels")
         for result in metrics["explicit"].values():
             model = result["model"].partition(":")[2]

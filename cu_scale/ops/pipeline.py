@@ -30,13 +30,12 @@ import datetime
 import json
 import logging
 import os
-import pathlib
-import shutil
 import time
 from typing import Callable
 
 from cu_scale.config import ConfigError, PrepareConfig, RunConfig
 from cu_scale.console import describe_clusters, describe_store, error_line, metrics_table
+from cu_scale.storage import Location, locate
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
@@ -84,8 +83,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def marker_path(run_dir: str | os.PathLike, stage: str) -> pathlib.Path:
-    return pathlib.Path(run_dir) / MARKERS_DIR / f"{stage}.json"
+def marker_path(run_dir: "str | os.PathLike | Location", stage: str) -> Location:
+    return locate(run_dir) / MARKERS_DIR / f"{stage}.json"
 
 
 def finished_marker(run_dir: str | os.PathLike, stage: str) -> dict:
@@ -98,7 +97,7 @@ def finished_marker(run_dir: str | os.PathLike, stage: str) -> dict:
 
 def stage_seconds(run_dir: str | os.PathLike) -> float:
     """The wall time the run's stages took when they ran, from their markers (a rerun skips them)."""
-    return sum(json.loads(p.read_text())["seconds"] for p in (pathlib.Path(run_dir) / MARKERS_DIR).glob("*.json"))
+    return sum(json.loads(p.read_text())["seconds"] for p in (locate(run_dir) / MARKERS_DIR).glob("*.json"))
 
 
 def needs_pseudo_labels(config: RunConfig) -> bool:
@@ -261,33 +260,33 @@ def _report(p: Pipeline) -> dict:
     return {"report": str(path)}
 
 
-def _store_outputs(config: RunConfig, *names: str) -> list[pathlib.Path]:
+def _store_outputs(config: RunConfig, *names: str) -> list[Location]:
     """What a stage wrote into the store, when this run built the store: a store the config only names
     may be shared by other runs, and keeps its embeddings and clusters."""
     if config.prepare is None:
         return []
-    return [pathlib.Path(config.store) / name for name in names]
+    return [locate(config.store) / name for name in names]
 
 
-def _clusters_of(config: RunConfig) -> list[pathlib.Path]:
+def _clusters_of(config: RunConfig) -> list[Location]:
     from cu_scale.data.store import MANIFEST_FILE, FeatureStore
     from cu_scale.stages.clustering import clusters_dir
 
-    if config.prepare is None or not (pathlib.Path(config.store) / MANIFEST_FILE).is_file():
+    if config.prepare is None or not (locate(config.store) / MANIFEST_FILE).is_file():
         return []
     return [clusters_dir(FeatureStore(config.store), config.cluster)]
 
 
-def _encode_outputs(config: RunConfig) -> list[pathlib.Path]:
+def _encode_outputs(config: RunConfig) -> list[Location]:
     from cu_scale.stages.encode import EMBEDDINGS_DIR, WORDS_DIR
 
     return _store_outputs(config, EMBEDDINGS_DIR, WORDS_DIR)
 
 
-def _pseudo_labels_dir(config: RunConfig) -> list[pathlib.Path]:
+def _pseudo_labels_dir(config: RunConfig) -> list[Location]:
     from cu_scale.stages.pseudo_labels import PSEUDO_LABELS_DIR
 
-    return [pathlib.Path(config.run_dir) / PSEUDO_LABELS_DIR]
+    return [locate(config.run_dir) / PSEUDO_LABELS_DIR]
 
 
 def _without(section, *names: str) -> dict:
@@ -301,7 +300,7 @@ class Stage:
     name: str
     run: Callable[[Pipeline], dict]  # does the work (its inputs exist) and returns the marker's summary
     settings: Callable[[RunConfig], dict]  # what its results depend on: a change means it must run again
-    artifacts: Callable[[RunConfig], list[pathlib.Path]]  # what it writes, removed before it runs again
+    artifacts: Callable[[RunConfig], list[Location]]  # what it writes, removed before it runs again
     hint: str = ""  # what to change when its watchdog finds it waiting for the cluster
 
 
@@ -323,25 +322,25 @@ STAGES = (
     Stage("cluster", _cluster, settings=lambda c: {"cluster": dataclasses.asdict(c.cluster)}, artifacts=_clusters_of),
     Stage(
         "implicit", _implicit,
-        settings=lambda c: {"needed": needs_pseudo_labels(c), "batches": dataclasses.asdict(c.batches), "implicit": dataclasses.asdict(c.implicit)},
-        artifacts=lambda c: [pathlib.Path(c.run_dir) / IMPLICIT_DIR],
+        settings=lambda c: {"needed": needs_pseudo_labels(c), "batches": dataclasses.asdict(c.batches), "implicit": _without(c.implicit, "placement")},
+        artifacts=lambda c: [locate(c.run_dir) / IMPLICIT_DIR],
         hint=TRAINING_HINT.format(section="implicit"),
     ),
     Stage("pseudo-label", _pseudo_label, settings=lambda c: {"needed": needs_pseudo_labels(c)}, artifacts=_pseudo_labels_dir, hint=INFERENCE_HINT),
     Stage(
         "explicit", _explicit,
         # how often checkpoints are written, and how many spans the evaluation keeps, do not change what is trained
-        settings=lambda c: {"explicit": _without(c.explicit, "checkpoint_every", "top_k")},
-        artifacts=lambda c: [pathlib.Path(c.run_dir) / EXPLICIT_DIR],
+        settings=lambda c: {"explicit": _without(c.explicit, "checkpoint_every", "top_k", "placement")},
+        artifacts=lambda c: [locate(c.run_dir) / EXPLICIT_DIR],
         hint=TRAINING_HINT.format(section="explicit"),
     ),
     Stage(
         "evaluate", _evaluate,
         settings=lambda c: {"test_split": c.explicit.test_split, "top_k": c.explicit.top_k},
-        artifacts=lambda c: [pathlib.Path(c.run_dir) / PREDICTIONS_DIR, pathlib.Path(c.run_dir) / METRICS_FILE],
+        artifacts=lambda c: [locate(c.run_dir) / PREDICTIONS_DIR, locate(c.run_dir) / METRICS_FILE],
         hint=INFERENCE_HINT,
     ),
-    Stage("report", _report, settings=lambda c: {}, artifacts=lambda c: [pathlib.Path(c.run_dir) / "report.md", pathlib.Path(c.run_dir) / "plots"]),
+    Stage("report", _report, settings=lambda c: {}, artifacts=lambda c: [locate(c.run_dir) / "report.md", locate(c.run_dir) / "plots"]),
 )
 STAGE = {stage.name: stage for stage in STAGES}
 STAGE_NAMES = tuple(STAGE)
@@ -352,11 +351,11 @@ class Pipeline:
         self.config = config
         self.progress = progress
         self.say = say
-        self.run_dir = pathlib.Path(config.run_dir)
+        self.run_dir = locate(config.run_dir)
 
     # -- bookkeeping ---------------------------------------------------------------------------------
 
-    def marker(self, stage: str) -> pathlib.Path:
+    def marker(self, stage: str) -> Location:
         return marker_path(self.run_dir, stage)
 
     def finished(self, stage: str) -> dict | None:
@@ -379,14 +378,10 @@ class Pipeline:
         """Remove a stage's marker and artifacts, so that it runs from scratch."""
         self.marker(stage).unlink(missing_ok=True)
         for path in STAGE[stage].artifacts(self.config):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            path.remove_tree()
 
     def _record(self, stage: str, seconds: float, summary: dict) -> None:
         path = self.marker(stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "stage": stage,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -20,26 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import time
 
 import numpy as np
 
 from cu_scale.ops.pipeline import EXPLICIT_DIR, finished_marker
 from cu_scale.stages.training import checkpoints, latest_checkpoint
+from cu_scale.storage import Location, locate
 
 STORE_PREDICTIONS_DIR = "store_predictions"  # RUN_DIR/store_predictions/<store>-<split>: `cu-scale predict --store`
 
 
-def trained_models(run_dir: pathlib.Path) -> list[pathlib.Path]:
+def trained_models(run_dir: Location) -> list[Location]:
     """The directories of the run's trained explicit models (RUN_DIR/explicit/<Model>-<source>)."""
-    trained = sorted(p for p in (run_dir / EXPLICIT_DIR).glob("*") if checkpoints(p))
+    trained = [p for p in (run_dir / EXPLICIT_DIR).glob("*") if checkpoints(p)]
     if not trained:
         raise FileNotFoundError(f"{run_dir / EXPLICIT_DIR} holds no trained model: run the explicit stage first")
     return trained
 
 
-def choose_model(run_dir: pathlib.Path, name: str | None) -> pathlib.Path:
+def choose_model(run_dir: Location, name: str | None) -> Location:
     """The directory of the named explicit model, or of the first one trained on pseudo-labels (else the first)."""
     trained = trained_models(run_dir)
     if name is None:
@@ -72,7 +72,7 @@ class Grounder:
         from cu_scale.method.text_encoder import QueryEncoder
         from cu_scale.stages.explicit import load_explicit_model
 
-        run_dir = pathlib.Path(run_dir)
+        run_dir = locate(run_dir)
         store = FeatureStore(finished_marker(run_dir, "prepare")["summary"]["store"])
         encode = finished_marker(run_dir, "encode")
         chosen = choose_model(run_dir, model)
@@ -127,7 +127,7 @@ def predict_store(
     from cu_scale.stages.encode import encode_store
     from cu_scale.stages.explicit import predict_split
 
-    run_dir = pathlib.Path(run_dir)
+    run_dir = locate(run_dir)
     trained = {p.name: latest_checkpoint(p) for p in trained_models(run_dir)} if not models else {n: latest_checkpoint(choose_model(run_dir, n)) for n in models}
     run_store = FeatureStore(finished_marker(run_dir, "prepare")["summary"]["store"])
     store = FeatureStore(store_path)
@@ -139,9 +139,9 @@ def predict_store(
     if not store.manifest["counts"]["splits"].get(split):
         raise ValueError(f"{store.path}: no sample of split {split!r}; the store has {', '.join(store.manifest['counts']['splits'])}")
     encode = EncodeConfig(**finished_marker(run_dir, "encode")["settings"]["encode"])
-    out = pathlib.Path(out_dir) if out_dir else run_dir / STORE_PREDICTIONS_DIR / f"{store.path.name}-{split}"
+    out = locate(out_dir) if out_dir else run_dir / STORE_PREDICTIONS_DIR / f"{store.path.name}-{split}"
     start_ray()
     started = time.perf_counter()
-    encode_store(str(store.path), encode, progress=False)
-    files = predict_split(str(store.path), trained, split, encode, out, top_k=top_k, parquet=True)
+    encode_store(store.path, encode, progress=False)
+    files = predict_split(store.path, trained, split, encode, out, top_k=top_k, parquet=True)
     return {"files": files, "seconds": time.perf_counter() - started, "rows": store.manifest["counts"]["splits"][split]["samples"], "out": out}

@@ -60,6 +60,8 @@ def _samples(table: pa.Table) -> list[Sample]:
 def relabel_store(source: str | os.PathLike, out: str | os.PathLike, spec: PartialLabelSpec) -> FeatureStore:
     """Write OUT: the store at SOURCE with every partial label redrawn by `spec` (see the module docstring)."""
     store = FeatureStore(source)
+    if not (store.path.is_local and locate(out).is_local):
+        raise ValueError(f"{store.path} → {out}: relabelling links the store's files on local disk; object storage is not supported here yet")
     out = pathlib.Path(out)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -84,7 +86,7 @@ def relabel_store(source: str | os.PathLike, out: str | os.PathLike, spec: Parti
         pq.write_table(pa.Table.from_pylist([_sample_row(s) for s in samples], schema=SAMPLE_SCHEMA), file)
         shard["samples_sha256"], shard["samples_bytes"] = locate(file).sha256(), file.stat().st_size
     manifest["partial_labels"] = {split: description for split in manifest["counts"]["splits"]}
-    manifest["relabelled_from"] = str(store.path.resolve())
+    manifest["relabelled_from"] = store.path.path
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)

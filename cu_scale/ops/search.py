@@ -43,6 +43,7 @@ import yaml
 
 from cu_scale.config import ConfigError, RunConfig, build_config, read_yaml_mapping, resolve_paths
 from cu_scale.console import error_line
+from cu_scale.storage import locate
 
 OBJECTIVE = "val_pseudo_mIoU"
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -192,6 +193,8 @@ def run_search(base: RunConfig, settings: SearchSettings, search_dir: str | path
     from cu_scale.ops.pipeline import STAGE, free_port, start_ray
     from cu_scale.stages.watchdog import run_watched
 
+    if not locate(search_dir).is_local:
+        raise ConfigError(f"{search_dir}: a search writes its trials on local disk for now; give `cu-scale tune --out DIR` a local directory")
     search_dir = pathlib.Path(search_dir).resolve()
     search_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -31,12 +31,12 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cu_scale.config import ClusterConfig
 from cu_scale.stages.encode import read_embeddings
 from cu_scale.stages.monitoring import CLUSTERED_QUERIES, Progress
 from cu_scale.data.store import FeatureStore
+from cu_scale.storage import Location, publish, read_array, read_table, staging_for, write_array, write_table
 
 CLUSTERS_DIR = "clusters"
 COUNTS_FILE = "counts.npy"
@@ -113,7 +113,7 @@ def train_kmeans(embeddings: np.ndarray, k: int, iterations: int = 20, seed: int
     return KMeansModel(np.asarray(kmeans.centroids, np.float32), float(kmeans.obj[-1]), len(nonzero), "gpu" if gpu else "cpu")
 
 
-def clusters_dir(store: FeatureStore, config: ClusterConfig) -> pathlib.Path:
+def clusters_dir(store: FeatureStore, config: ClusterConfig) -> Location:
     return store.path / CLUSTERS_DIR / f"{config.split}-K{config.k}-m{config.memberships}"
 
 
@@ -142,8 +142,8 @@ def trainable_counts(store: FeatureStore, config: ClusterConfig) -> np.ndarray:
             if shard["splits"].get(config.split):
                 _, clusters = read_assignments(store, config, index)
                 counts[index] = np.bincount(clusters[labelled_rows(store, index, config.split), 0], minlength=config.k)
-        np.save(path, counts)
-    return np.load(path)
+        write_array(path, counts)
+    return read_array(path)
 
 
 def _training_sample(store: FeatureStore, split: str, limit: int, seed: int) -> np.ndarray:
@@ -177,8 +177,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
         config.max_points_per_centroid,
     )
     progress = Progress(CLUSTERED_QUERIES, "queries assigned to clusters", store=store.path.name)
-    staging = out.with_name(out.name + ".partial")
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = staging_for(out)  # summary.json, written last, is what makes it a result
     sizes = np.zeros(config.k, np.int64)
     primary_sizes = np.zeros(config.k, np.int64)
     zero_ids: list[str] = []
@@ -197,9 +196,9 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
                 "clusters": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1).astype(np.int32)), config.memberships),
             }
         )
-        pq.write_table(table, staging / pathlib.Path(shard["samples_file"]).name)
-    np.save(staging / "centroids.npy", model.centroids)
-    np.save(staging / COUNTS_FILE, counts)
+        write_table(table, staging / pathlib.PurePosixPath(shard["samples_file"]).name)
+    write_array(staging / "centroids.npy", model.centroids)
+    write_array(staging / COUNTS_FILE, counts)
     summary = {
         "k": config.k,
         "memberships": config.memberships,
@@ -215,11 +214,7 @@ def cluster_store(store_path: str | os.PathLike, config: ClusterConfig) -> dict:
         "zero_embeddings": {"count": len(zero_ids), "first": zero_ids[:10]},
     }
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    staging.rename(out)
+    publish(staging, out)
     return summary
 
 
@@ -235,9 +230,9 @@ def _describe_sizes(sizes: np.ndarray) -> dict:
 
 def read_assignments(store: FeatureStore, config: ClusterConfig, shard_index: int) -> tuple[list[str], np.ndarray]:
     """Sample ids and ``(n, m)`` cluster ids (nearest first) of one shard's samples of the clustered split."""
-    path = clusters_dir(store, config) / pathlib.Path(store.shards[shard_index]["samples_file"]).name
+    path = clusters_dir(store, config) / pathlib.PurePosixPath(store.shards[shard_index]["samples_file"]).name
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `cu-scale cluster` with k={config.k}, memberships={config.memberships}, split={config.split}")
-    table = pq.read_table(path)
+    table = read_table(path)
     column = table.column("clusters").combine_chunks()
     return table.column("sample_id").to_pylist(), column.values.to_numpy().reshape(len(table), config.memberships)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from cu_scale.config import ConfigError, EncodeConfig
 from cu_scale.data.store import FeatureStore, StoreError, read_shard
+from cu_scale.storage import Location, locate, read_table, write_table
 
 EMBEDDINGS_DIR = "embeddings"
 WORDS_DIR = "words"
@@ -51,12 +52,6 @@ WORDS_SCHEMA = pa.schema(
 )
 
 
-def _write(table: pa.Table, final: pathlib.Path) -> None:
-    partial = final.with_suffix(".partial")
-    pq.write_table(table, partial)
-    os.replace(partial, final)
-
-
 class ShardEncoder:
     """A Ray Data actor: holds one `QueryEncoder`, encodes whole shards and writes both of their files."""
 
@@ -68,7 +63,7 @@ class ShardEncoder:
 
         torch.set_num_threads(threads)  # Ray starts actors with one thread unless told otherwise
         self.encoder = QueryEncoder(model, device=device, max_tokens=max_tokens)
-        self.store_path, self.batch_size = pathlib.Path(store_path), batch_size
+        self.store_path, self.batch_size = locate(store_path), batch_size
         self.shards = {shard["samples_file"]: shard for shard in FeatureStore(store_path).shards}  # their checksums
         self.progress = Progress(ENCODED_QUERIES, "queries embedded by the encode stage", store=self.store_path.name)
 
@@ -90,23 +85,26 @@ class ShardEncoder:
                 for row, state, length in zip(rows, states, lengths[rows]):
                     words[row] = np.ascontiguousarray(state[:length], dtype="<f2").tobytes()
                 self.progress.add(int(samples_per_query[rows].sum()))
-            name = pathlib.Path(samples_file).name
+            name = pathlib.PurePosixPath(samples_file).name
             ids = samples.column("sample_id")
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings[inverse].reshape(-1)), self.encoder.dim)
-            _write(pa.Table.from_arrays([ids, vectors], schema=embedding_schema(self.encoder.dim)), self.store_path / EMBEDDINGS_DIR / name)
+            write_table(pa.Table.from_arrays([ids, vectors], schema=embedding_schema(self.encoder.dim)), self.store_path / EMBEDDINGS_DIR / name)
             tokens = [pa.array(lengths[inverse], pa.int32()), pa.array(list(words[inverse]), pa.large_binary())]
-            _write(pa.Table.from_arrays([ids, *tokens], schema=WORDS_SCHEMA), self.store_path / WORDS_DIR / name)
+            write_table(pa.Table.from_arrays([ids, *tokens], schema=WORDS_SCHEMA), self.store_path / WORDS_DIR / name)
             counts.append(len(inverse))
         return {"samples_file": np.asarray(batch["samples_file"]), "count": np.asarray(counts)}
 
 
-def output_files(store: FeatureStore, directory: str) -> list[pathlib.Path]:
+def output_files(store: FeatureStore, directory: str) -> list[Location]:
     """The encode stage's files in `directory` (EMBEDDINGS_DIR or WORDS_DIR), one per store shard."""
-    return [store.path / directory / pathlib.Path(s["samples_file"]).name for s in store.shards]
+    return [store.path / directory / pathlib.PurePosixPath(s["samples_file"]).name for s in store.shards]
 
 
-def _done(path: pathlib.Path, rows: int) -> bool:
-    return path.exists() and pq.read_metadata(path).num_rows == rows
+def _done(path: Location, rows: int) -> bool:
+    if not path.exists():
+        return False
+    with path.open_input() as handle:
+        return pq.read_metadata(handle).num_rows == rows
 
 
 def resolved_model(config: EncodeConfig) -> str:
@@ -148,8 +146,6 @@ def encode_store(store_path: str | os.PathLike, config: EncodeConfig, progress: 
 
     store = FeatureStore(store_path)
     model = resolved_model(config)
-    for directory in (EMBEDDINGS_DIR, WORDS_DIR):
-        (store.path / directory).mkdir(exist_ok=True)
     meta = read_meta(store)
     if meta is not None and (meta["model"], meta.get("max_tokens")) != (model, config.max_tokens):
         raise ConfigError(
@@ -168,7 +164,7 @@ def encode_store(store_path: str | os.PathLike, config: EncodeConfig, progress: 
         dataset = ray.data.from_items([{"samples_file": s["samples_file"]} for s in todo], override_num_blocks=len(todo)).map_batches(
             ShardEncoder,
             fn_constructor_kwargs={
-                "store_path": str(store.path), "model": model, "device": pool.device, "batch_size": config.batch_size,
+                "store_path": store.path.uri, "model": model, "device": pool.device, "batch_size": config.batch_size,
                 "max_tokens": config.max_tokens, "threads": pool.threads,
             },
             batch_size=1,
@@ -185,7 +181,8 @@ def encode_store(store_path: str | os.PathLike, config: EncodeConfig, progress: 
                 bar.update(int(row["count"]))
                 summary["encoded_samples"] += int(row["count"])
         summary.update(device=pool.device, actors=pool.actors)
-    summary["dim"] = pq.read_schema(output_files(store, EMBEDDINGS_DIR)[0]).field("embedding").type.list_size
+    with output_files(store, EMBEDDINGS_DIR)[0].open_input() as first:
+        summary["dim"] = pq.read_schema(first).field("embedding").type.list_size
     (store.path / EMBEDDINGS_DIR / META_FILE).write_text(json.dumps({"model": model, "max_tokens": config.max_tokens, "dim": summary["dim"]}) + "\n")
     return summary
 
@@ -195,7 +192,7 @@ def read_embeddings(store: FeatureStore, shard_index: int) -> tuple[list[str], n
     path = output_files(store, EMBEDDINGS_DIR)[shard_index]
     if not path.exists():
         raise StoreError(f"{path} is missing: run `cu-scale encode` first")
-    table = pq.read_table(path)
+    table = read_table(path)
     column = table.column("embedding").combine_chunks()
     return table.column("sample_id").to_pylist(), column.values.to_numpy().reshape(len(table), column.type.list_size)
 
@@ -206,10 +203,10 @@ def read_words(store_path: str | os.PathLike, samples_file: str, dim: int, sampl
     With `sample_ids` (the shard's samples, in store order) the ids are checked against the file's, so a
     words file that belongs to another version of the shard is an error that names it, not wrong features.
     """
-    path = pathlib.Path(store_path) / WORDS_DIR / pathlib.Path(samples_file).name
+    path = locate(store_path) / WORDS_DIR / pathlib.PurePosixPath(samples_file).name
     if not path.exists():
         raise StoreError(f"{path} is missing: run `cu-scale encode` first")
-    table = pq.read_table(path)
+    table = read_table(path)
     if sample_ids is not None and not table.column("sample_id").equals(sample_ids):
         raise StoreError(f"{path} does not hold the samples of {samples_file} in order: rerun `cu-scale encode` (cu-scale run --from encode)")
     words = [np.frombuffer(value.as_buffer(), dtype="<f2").reshape(-1, dim) for chunk in table.column("words").chunks for value in chunk]

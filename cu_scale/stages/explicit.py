@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import pathlib
 
 import numpy as np
 
 from cu_scale.config import BatchConfig, EncodeConfig, ExplicitConfig
+from cu_scale.storage import Location, locate
 
 
 # Where the built-in models lived before the package had subpackages: configs and checkpoints written
@@ -111,7 +111,7 @@ def train_explicit(
     from cu_scale.stages.training import fit
 
     model_class(model)  # fail here, not in a worker, on a wrong class path
-    pseudo_labels = pathlib.Path(run_dir) / PSEUDO_LABELS_DIR
+    pseudo_labels = locate(run_dir) / PSEUDO_LABELS_DIR
     if source in ("pseudo", "mixed") and not pseudo_labels.is_dir():
         raise FileNotFoundError(f"{pseudo_labels} is missing: run the pseudo-label stage first (or choose explicit.label_sources: [gt] or [partial])")
     store = FeatureStore(store_path)
@@ -129,7 +129,7 @@ def train_explicit(
         "model": model,
         "model_options": model_options or {},
         "source": source,
-        "pseudo_labels": str(pseudo_labels.resolve()),
+        "pseudo_labels": pseudo_labels.uri,
         "layout": dataclasses.asdict(layout),
         "plans": [dataclasses.asdict(plan) for plan in plans],
         "samples": int(labelled.sum()),
@@ -137,8 +137,8 @@ def train_explicit(
         "monitor": training_monitor_settings(run_dir, f"explicit/{stage_name(model, source)}", heartbeat),
     }
     return fit(
-        worker_loop, loop_config, name=stage_name(model, source), run_dir=str(pathlib.Path(run_dir) / "explicit"), workers=settings.workers,
-        max_failures=settings.max_failures, epochs=settings.epochs, progress=progress,
+        worker_loop, loop_config, name=stage_name(model, source), run_dir=locate(run_dir) / "explicit", workers=settings.workers,
+        max_failures=settings.max_failures, epochs=settings.epochs, progress=progress, placement=settings.placement,
     )
 
 
@@ -190,7 +190,7 @@ class GroundingActor:
 def predict_split(
     store_path: str, checkpoints: dict[str, str | os.PathLike], split: str, encode: EncodeConfig, out_dir: str | os.PathLike,
     heartbeat=None, top_k: int = 1, parquet: bool = False,
-) -> dict[str, pathlib.Path]:
+) -> dict[str, Location]:
     """Ground every sample of `split` with each trained model, in one pass over the split, and write each
     model's predictions OUT_DIR/<name>.jsonl (and with `parquet` OUT_DIR/<name>.parquet) as the batches arrive,
     in store order: {name: JSON Lines file}. Each record holds the model's answer and its `top_k` best spans."""
@@ -208,14 +208,14 @@ def predict_split(
     names = list(checkpoints)
     predictions = inference_dataset(layout, split).map_batches(
         GroundingActor,
-        fn_constructor_kwargs={"checkpoints": {name: str(path) for name, path in checkpoints.items()}, "threads": pool.threads, "top_k": top_k},
+        fn_constructor_kwargs={"checkpoints": {name: locate(path).uri for name, path in checkpoints.items()}, "threads": pool.threads, "top_k": top_k},
         batch_size=INFERENCE_ROWS,
         compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_gpus=pool.gpus_per_actor,
         num_cpus=pool.cpus_per_actor,
     )
     predictions.context.execution_options.preserve_order = True
-    out_dir = pathlib.Path(out_dir)
+    out_dir = locate(out_dir)
     writers = {name: [PredictionsWriter(out_dir / f"{name}.jsonl")] + ([PredictionsWriter(out_dir / f"{name}.parquet", parquet=True)] if parquet else []) for name in names}
     for batch in predictions.iter_batches(batch_size=None, batch_format="numpy"):
         if heartbeat is not None:

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 import numpy as np
 
 from cu_scale.config import BatchConfig, ClusterConfig, EncodeConfig, ImplicitConfig
+from cu_scale.storage import locate
 
 VALIDATION_COLUMNS = ("features", "mask", "words", "words_valid", "duration", "partial_start", "partial_end", "gt_start", "gt_end")
 
@@ -174,14 +174,14 @@ def train_implicit(
         "batches": dataclasses.asdict(per_worker),
         "layout": dataclasses.asdict(layout),
         "plans": [dataclasses.asdict(plan) for plan in plans],
-        "clusters_dir": str(directory.resolve()),
+        "clusters_dir": directory.uri,
         "memberships": cluster.memberships,
         "validation": validation,
         "max_steps": max_steps,
     }
     return fit(
         worker_loop, loop_config, name="implicit", run_dir=run_dir, workers=settings.workers, max_failures=settings.max_failures,
-        epochs=settings.epochs, progress=progress, callbacks=callbacks,
+        epochs=settings.epochs, progress=progress, callbacks=callbacks, placement=settings.placement,
     )
 
 
@@ -196,7 +196,7 @@ def load_implicit_model(checkpoint_dir: str | os.PathLike):
     unknown = sorted(set(checkpoint_meta(checkpoint_dir)["model"]) - {f.name for f in dataclasses.fields(ImplicitModelConfig)})
     if unknown:
         raise ValueError(
-            f"{pathlib.Path(checkpoint_dir) / CHECKPOINT_META}: model settings {', '.join(unknown)} are unknown to this version of "
+            f"{locate(checkpoint_dir) / CHECKPOINT_META}: model settings {', '.join(unknown)} are unknown to this version of "
             "cu_scale (the checkpoint was written by another one); train the implicit stage again or use the version that wrote it"
         )
     meta, states = read_checkpoint(checkpoint_dir)

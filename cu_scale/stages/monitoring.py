@@ -21,8 +21,11 @@ recorded, so the library also runs outside Ray (unit tests, a notebook).
 
 from __future__ import annotations
 
-import pathlib
+import os
+import tempfile
 import time
+
+from cu_scale.storage import locate
 
 TRAIN_SAMPLES_PER_SECOND = "cu_scale_train_samples_per_second"
 TRAIN_LOSS = "cu_scale_train_loss"
@@ -57,8 +60,8 @@ class Progress:
 def training_monitor_settings(run_dir: str, stage: str, heartbeat=None) -> dict:
     """What a training worker needs to build its `TrainingMonitor` (it travels in the loop config; the
     heartbeat is an actor handle, `cu_scale.stages.watchdog`)."""
-    run = pathlib.Path(run_dir).resolve()
-    return {"stage": stage, "run": run.name, "tensorboard_dir": str(run / "tensorboard" / stage), "heartbeat": heartbeat}
+    run = locate(run_dir)
+    return {"stage": stage, "run": run.name, "tensorboard_dir": (run / "tensorboard" / stage).uri, "heartbeat": heartbeat}
 
 
 class TrainingMonitor:
@@ -86,10 +89,14 @@ class TrainingMonitor:
             for gauge in self._gauges.values():
                 gauge.set_default_tags(tags)
         self._writer = None
-        if rank == 0 and tensorboard_dir:
+        self._tensorboard = locate(tensorboard_dir) if rank == 0 and tensorboard_dir else None
+        if self._tensorboard is not None:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(tensorboard_dir)
+            # tensorboardX writes local files only: in object storage, its events go to a local directory
+            # first, copied to the run directory after every epoch (a few kB an epoch).
+            self._events = self._tensorboard.path if self._tensorboard.is_local else tempfile.mkdtemp(prefix="cu-scale-tensorboard-")
+            self._writer = SummaryWriter(self._events)
         now = time.perf_counter()
         self._epoch_started, self._epoch_samples = now, 0
         self._window_started, self._window_samples = now, 0
@@ -129,6 +136,10 @@ class TrainingMonitor:
                 self._writer.add_scalar("learning_rate", float(metrics["learning_rate"]), epoch + 1)
             self._writer.add_scalar("samples_per_second", speed, epoch + 1)
             self._writer.flush()
+            if not self._tensorboard.is_local:
+                for name in os.listdir(self._events):
+                    with open(os.path.join(self._events, name), "rb") as events:
+                        (self._tensorboard / name).write_bytes(events.read())
         self._epoch_started, self._epoch_samples = now, 0
         self._window_started, self._window_samples = now, 0
         return speed

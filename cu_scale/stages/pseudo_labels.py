@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cu_scale.evaluation.metrics import IoUTally, temporal_iou
+from cu_scale.storage import Location, locate, parquet_writer, publish, read_table, staging_for
 
 PSEUDO_LABELS_DIR = "pseudo_labels"
 OUTPUT_COLUMNS = ("sample_id", "pseudo_start", "pseudo_end", "partial_start", "partial_end", "gt_start", "gt_end", "duration", "partial_kind")
@@ -69,7 +69,7 @@ class PseudoLabeler:
 class ShardFiles:
     """Writes rows that arrive in store order into one Parquet file per store shard, one shard open at a time."""
 
-    def __init__(self, directory: pathlib.Path, shard_names: list[str], columns: tuple[str, ...]):
+    def __init__(self, directory: Location, shard_names: list[str], columns: tuple[str, ...]):
         self.directory, self.names, self.columns = directory, shard_names, columns
         self.writer, self.current, self.rows = None, None, 0
 
@@ -81,7 +81,7 @@ class ShardFiles:
                 self.current = int(shards[rows[0]])
             table = pa.table({name: batch[name][rows] for name in self.columns})
             if self.writer is None:
-                self.writer = pq.ParquetWriter(self.directory / self.names[self.current], table.schema)
+                self.writer = parquet_writer(self.directory / self.names[self.current], table.schema)
             self.writer.write_table(table)
             self.rows += table.num_rows
 
@@ -103,11 +103,11 @@ def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: st
 
     store = FeatureStore(store_path)
     layout = StoreLayout.of(store, check_encoder(store, encode))
-    out = pathlib.Path(out_dir)
+    out = locate(out_dir)
     pool = actor_pool(encode.actors, gpu=encode.device, readers=READ_TASK_CPUS)
     labelled = inference_dataset(layout, "train", partial_only=True).map_batches(
         PseudoLabeler,
-        fn_constructor_kwargs={"checkpoint_dir": str(checkpoint_dir), "threads": pool.threads, "run": out.resolve().name},
+        fn_constructor_kwargs={"checkpoint_dir": locate(checkpoint_dir).uri, "threads": pool.threads, "run": out.name},
         batch_size=INFERENCE_ROWS,
         compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_gpus=pool.gpus_per_actor,
@@ -115,25 +115,24 @@ def pseudo_label(store_path: str | os.PathLike, checkpoint_dir: str, out_dir: st
     )
     labelled.context.execution_options.preserve_order = True  # store order: one shard's file at a time
     final = out / PSEUDO_LABELS_DIR
-    staging = out / (PSEUDO_LABELS_DIR + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    files = ShardFiles(staging, [pathlib.Path(s["samples_file"]).name for s in store.shards], OUTPUT_COLUMNS)
+    staging = staging_for(final)
+    files = ShardFiles(staging, [pathlib.PurePosixPath(s["samples_file"]).name for s in store.shards], OUTPUT_COLUMNS)
     for batch in labelled.iter_batches(batch_size=None, batch_format="numpy"):
         files.add(batch)
         if heartbeat is not None:
             heartbeat.beat.remote(len(batch["shard"]))
     files.close()
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    publish(staging, final)
     return {"rows": files.rows, "metrics": score_pseudo_labels(final), "shape": pseudo_label_shape(final)}
 
 
 def _scored_shards(directory: str | os.PathLike):
     """The pseudo-label files' columns (float seconds; partial_kind as text), one shard at a time, on the
     samples with ground truth. Files written before label kinds were kept read as kind "unknown"."""
-    for part in sorted(pathlib.Path(directory).glob("part-*.parquet")):
-        table = pq.read_table(part, columns=[c for c in OUTPUT_COLUMNS[1:] if c in pq.read_schema(part).names])
+    for part in locate(directory).glob("part-*.parquet"):
+        with part.open_input() as handle:
+            names = pq.read_schema(handle).names
+        table = read_table(part, columns=[c for c in OUTPUT_COLUMNS[1:] if c in names])
         columns = {name: table.column(name).to_numpy(zero_copy_only=False).astype(float) for name in table.column_names if name != "partial_kind"}
         kinds = table.column("partial_kind").to_numpy(zero_copy_only=False) if "partial_kind" in table.column_names else np.full(table.num_rows, "unknown")
         known = ~np.isnan(columns["gt_start"])

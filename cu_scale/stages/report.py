@@ -12,21 +12,25 @@ Plots are drawn with matplotlib's Agg backend (files only, no display).
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
 
 from cu_scale.config import RunConfig
+from cu_scale.storage import Location, locate
 
 TIMELINE_QUERIES = 6
 
 
-def _save(figure, path: pathlib.Path) -> pathlib.Path:
+def _save(figure, path: Location) -> Location:
+    import io
+
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, dpi=110, format="png")
     plt.close(figure)
+    path.write_bytes(image.getvalue())
     return path
 
 
@@ -39,12 +43,12 @@ def _markdown_table(rows: dict[str, dict], extra: tuple[str, ...] = ()) -> list[
     return lines
 
 
-def _training_curves(run_dir: pathlib.Path, plots: pathlib.Path) -> pathlib.Path | None:
+def _training_curves(run_dir: Location, plots: Location) -> Location | None:
     import matplotlib.pyplot as plt
 
     from cu_scale.stages.training import checkpoint_meta, checkpoints, latest_checkpoint
 
-    stages = [run_dir / "implicit"] + sorted((run_dir / "explicit").glob("*"))
+    stages = [run_dir / "implicit"] + (run_dir / "explicit").glob("*")
     curves = {}
     for stage_dir in stages:
         if checkpoints(stage_dir):
@@ -61,7 +65,7 @@ def _training_curves(run_dir: pathlib.Path, plots: pathlib.Path) -> pathlib.Path
     return _save(figure, plots / "training_curves.png")
 
 
-def _iou_histogram(predictions: dict[str, list[dict]], plots: pathlib.Path) -> pathlib.Path | None:
+def _iou_histogram(predictions: dict[str, list[dict]], plots: Location) -> Location | None:
     import matplotlib.pyplot as plt
 
     from cu_scale.evaluation.predictions import prediction_ious
@@ -92,7 +96,7 @@ def _test_pseudo_labels(config: RunConfig, sample_ids: list[str]) -> dict[str, t
     from cu_scale.stages.streams import StoreLayout, read_examples
     from cu_scale.stages.training import checkpoints, latest_checkpoint
 
-    implicit_dir = pathlib.Path(config.run_dir) / "implicit"
+    implicit_dir = locate(config.run_dir) / "implicit"
     if not checkpoints(implicit_dir):
         return {}
     store = FeatureStore(config.store)
@@ -111,7 +115,7 @@ def _test_pseudo_labels(config: RunConfig, sample_ids: list[str]) -> dict[str, t
     return {examples["sample_id"][r]: (float(s) * d, float(e) * d) for r, s, e, d in zip(rows, out.start.numpy(), out.end.numpy(), duration)}
 
 
-def _timeline(config: RunConfig, predictions: dict[str, list[dict]], plots: pathlib.Path) -> pathlib.Path | None:
+def _timeline(config: RunConfig, predictions: dict[str, list[dict]], plots: Location) -> Location | None:
     import matplotlib.pyplot as plt
 
     from cu_scale.data.store import FeatureStore
@@ -151,7 +155,7 @@ def _timeline(config: RunConfig, predictions: dict[str, list[dict]], plots: path
     return _save(figure, plots / "timeline.png")
 
 
-def write_report(config: RunConfig) -> pathlib.Path:
+def write_report(config: RunConfig) -> Location:
     """Write RUN_DIR/report.md and its plots from metrics.json, the predictions and the checkpoints."""
     import matplotlib
 
@@ -159,10 +163,9 @@ def write_report(config: RunConfig) -> pathlib.Path:
     from cu_scale.evaluation.predictions import read_predictions
     from cu_scale.stages.pseudo_labels import describe_shape, pseudo_label_warning
 
-    run_dir = pathlib.Path(config.run_dir)
+    run_dir = locate(config.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
     predictions = {name: read_predictions(r["predictions_file"]) for name, r in metrics["explicit"].items()}
     lines = [f"# cu-scale run: {run_dir}", "", f"Config: `{config.source}`; store: `{config.store}`.", ""]
     lines += [f"## Test split ({config.explicit.test_split}): explicit models", "", "R@1 at IoU 0.3/0.5/0.7 and mIoU, in percent; one row per model and label source.", ""]

@@ -41,18 +41,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import pathlib
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from cu_scale.config import BatchConfig, ConfigError
 from cu_scale.stages.encode import read_words
 from cu_scale.data.store import FeatureStore, StoreError, features_from_column, read_shard
+from cu_scale.storage import locate, read_table
 
 WINDOW_SAMPLES_PER_CLUSTER_GROUP = 16  # window ≥ 16·K·(B/N) training samples: ~3 % repeats
 # A stream's blocks hold this many bytes of batches (at least one batch). Ray Data's default, 128 MiB, is 52
@@ -91,7 +90,7 @@ class StoreLayout:
     def of(cls, store: FeatureStore, encode_meta: dict) -> "StoreLayout":
         dim, tokens = int(encode_meta["dim"]), int(encode_meta["max_tokens"])
         return cls(
-            str(store.path.resolve()), store.feature_dim, store.max_steps, dim, tokens,
+            store.path.uri, store.feature_dim, store.max_steps, dim, tokens,
             tuple(store.shards),
             tuple(2 * (s["num_videos"] * store.max_steps * store.feature_dim + s["num_samples"] * tokens * dim) for s in store.shards),
         )
@@ -313,8 +312,8 @@ def implicit_window(layout: StoreLayout, clusters_dir: str, memberships: int, pe
     from cu_scale.method.batching import plan_batches
 
     def clusters_of(index: int, samples: pa.Table, rows: np.ndarray) -> dict:
-        path = pathlib.Path(clusters_dir) / pathlib.Path(layout.shards[index]["samples_file"]).name
-        table = pq.read_table(path)
+        path = locate(clusters_dir) / pathlib.PurePosixPath(layout.shards[index]["samples_file"]).name
+        table = read_table(path)
         train_rows = np.flatnonzero(pc.equal(samples.column("split"), "train").to_numpy(zero_copy_only=False))
         if not table.column("sample_id").equals(samples.column("sample_id").take(pa.array(train_rows))):
             raise StoreError(f"{path} does not hold the training samples of {layout.shards[index]['samples_file']} in order: rerun `cu-scale cluster`")
@@ -360,7 +359,7 @@ def explicit_labels(layout: StoreLayout, source: str, pseudo_labels_dir: str | N
             prefix = "gt" if source == "gt" else "partial"
             return {"target_start": samples.column(f"{prefix}_start").to_numpy(zero_copy_only=False)[rows].astype(float),
                     "target_end": samples.column(f"{prefix}_end").to_numpy(zero_copy_only=False)[rows].astype(float)}
-        table = pq.read_table(pathlib.Path(pseudo_labels_dir) / pathlib.Path(layout.shards[index]["samples_file"]).name, columns=["sample_id", "pseudo_start", "pseudo_end"])
+        table = read_table(locate(pseudo_labels_dir) / pathlib.PurePosixPath(layout.shards[index]["samples_file"]).name, columns=["sample_id", "pseudo_start", "pseudo_end"])
         where = pc.index_in(samples.column("sample_id").take(pa.array(rows)), value_set=table.column("sample_id"))
         if where.null_count:
             raise StoreError(f"{pseudo_labels_dir}: {where.null_count} training samples of {layout.shards[index]['samples_file']} have no pseudo-label: rerun the pseudo-label stage")

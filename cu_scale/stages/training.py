@@ -18,6 +18,7 @@ while the checkpoint is saved (`epoch_batches`). Each epoch records where its st
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from cu_scale.storage import locate
+from cu_scale.storage import Location, locate
 
 CHECKPOINT_META = "cu_scale_epoch.json"
 # Each rank lists the files it wrote into a checkpoint, with their sizes and SHA-256, before Ray Train
@@ -246,26 +247,27 @@ def record_files(directory: str | os.PathLike, rank: int) -> None:
     (root / CHECKPOINT_FILES.format(rank=rank)).write_text(json.dumps(files, indent=1))
 
 
-def verify_checkpoint(checkpoint_dir: str | os.PathLike) -> None:
+def verify_checkpoint(checkpoint_dir: "str | os.PathLike | Location") -> None:
     """Check every file the ranks listed (`record_files`) against its size and SHA-256.
 
     Raises CheckpointError naming the first file that is missing, truncated or altered, and what to do.
     A checkpoint written before the lists existed has nothing to check against and passes."""
-    root = pathlib.Path(checkpoint_dir)
+    root = locate(checkpoint_dir)
     remedy = "train that stage again (`cu-scale run CONFIG --from STAGE`)"
-    for listing in sorted(root.glob(CHECKPOINT_FILES.format(rank="*"))):
+    sizes = root.walk_files()
+    for listing in root.glob(CHECKPOINT_FILES.format(rank="*")):
         try:
             files = json.loads(listing.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
             raise CheckpointError(f"{listing}: unreadable file list ({error}); {remedy}") from None
         for name, expected in files.items():
             path = root / name
-            if not path.is_file():
+            if name not in sizes:
                 raise CheckpointError(f"{path}: missing from the checkpoint; {remedy}")
-            size = path.stat().st_size
+            size = sizes[name]
             if size != expected["bytes"]:
                 raise CheckpointError(f"{path}: {size} bytes where {expected['bytes']} were written (truncated or altered); {remedy}")
-            if locate(path).sha256() != expected["sha256"]:
+            if path.sha256() != expected["sha256"]:
                 raise CheckpointError(f"{path}: SHA-256 differs from the one written with it (altered); {remedy}")
 
 
@@ -300,7 +302,7 @@ def save_and_report(engine, rank: int, epoch: int, model_meta: dict, metrics: di
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def watch_epochs(stage_dir: pathlib.Path, epochs: int, stop: threading.Event, desc: str) -> None:
+def watch_epochs(stage_dir: Location, epochs: int, stop: threading.Event, desc: str) -> None:
     """A progress bar over epochs, fed by the checkpoints' metadata as Ray Train persists them.
 
     The workers' own output stays in their Ray logs; the driver learns of an epoch when its checkpoint
@@ -330,7 +332,7 @@ def watch_epochs(stage_dir: pathlib.Path, epochs: int, stop: threading.Event, de
                 bar.set_postfix(loss=f"{metrics.get('loss_total', float('nan')):.4f}")
 
 
-def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_failures: int, epochs: int, progress: bool, callbacks: tuple = ()):
+def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_failures: int, epochs: int, progress: bool, callbacks: tuple = (), placement: str = "pack"):
     """Build and run the `TorchTrainer` of one stage under RUN_DIR/NAME; returns Ray Train's Result.
 
     The loop reads its data itself, through the streams its config describes: no Ray Train dataset."""
@@ -339,7 +341,7 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
 
     from cu_scale.stages.resources import training_group
 
-    previous = checkpoints(pathlib.Path(run_dir) / name)
+    previous = checkpoints(locate(run_dir) / name)
     if previous:
         verify_checkpoint(previous[-1])  # the one Ray Train resumes from: a damaged file is named here, not after retries
     cpus, threads, use_gpu = training_group(workers)
@@ -347,10 +349,12 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
     trainer = TorchTrainer(
         loop,
         train_loop_config={**loop_config, "torch_threads": threads, "started_at": time.time()},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}, placement_strategy=placement.upper()
+        ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(pathlib.Path(run_dir).resolve()),
+            storage_path=locate(run_dir).uri,  # a URI in object storage: Ray Train opens it from the environment's credentials
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
@@ -359,7 +363,7 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
     if not progress:
         return trainer.fit()
     stop = threading.Event()
-    watcher = threading.Thread(target=watch_epochs, args=(pathlib.Path(run_dir) / name, epochs, stop, f"{name} epochs"), daemon=True)
+    watcher = threading.Thread(target=watch_epochs, args=(locate(run_dir) / name, epochs, stop, f"{name} epochs"), daemon=True)
     watcher.start()
     try:
         return trainer.fit()
@@ -368,13 +372,13 @@ def fit(loop, loop_config: dict, *, name: str, run_dir: str, workers: int, max_f
         watcher.join()
 
 
-def checkpoints(stage_dir: str | os.PathLike) -> list[pathlib.Path]:
+def checkpoints(stage_dir: "str | os.PathLike | Location") -> list[Location]:
     """The checkpoint directories Ray Train wrote under a stage directory (RUN_DIR/implicit, ...), oldest
     first: Ray names them checkpoint_<UTC time>, so they sort by name."""
-    return sorted(pathlib.Path(stage_dir).glob("checkpoint_2*"))
+    return locate(stage_dir).glob("checkpoint_2*")
 
 
-def latest_checkpoint(stage_dir: str | os.PathLike) -> pathlib.Path:
+def latest_checkpoint(stage_dir: "str | os.PathLike | Location") -> Location:
     """The newest checkpoint directory Ray Train wrote under a stage directory (RUN_DIR/implicit, ...)."""
     found = checkpoints(stage_dir)
     if not found:
@@ -382,9 +386,9 @@ def latest_checkpoint(stage_dir: str | os.PathLike) -> pathlib.Path:
     return found[-1]
 
 
-def checkpoint_meta(checkpoint_dir: str | os.PathLike) -> dict:
+def checkpoint_meta(checkpoint_dir: "str | os.PathLike | Location") -> dict:
     """The metadata `save_and_report` wrote: epoch, model, metrics, and every epoch's metrics so far."""
-    path = pathlib.Path(checkpoint_dir) / CHECKPOINT_META
+    path = locate(checkpoint_dir) / CHECKPOINT_META
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -393,7 +397,7 @@ def checkpoint_meta(checkpoint_dir: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not readable JSON ({error}); the checkpoint is damaged") from None
 
 
-def read_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[dict, dict]:
+def read_checkpoint(checkpoint_dir: "str | os.PathLike | Location") -> tuple[dict, dict]:
     """(metadata, model state dict) of a DeepSpeed checkpoint written by `save_and_report`, for inference.
 
     The files are checked first (`verify_checkpoint`), and the weights are read with
@@ -403,14 +407,15 @@ def read_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[dict, dict]:
 
     import torch
 
-    directory = pathlib.Path(checkpoint_dir)
+    directory = locate(checkpoint_dir)
     verify_checkpoint(directory)
     meta = checkpoint_meta(directory)
+    weights = directory / "latest"
     try:
-        weights = directory / (directory / "latest").read_text().strip() / "mp_rank_00_model_states.pt"
-        states = torch.load(weights, map_location="cpu", weights_only=True)
-    except FileNotFoundError as error:
-        raise CheckpointError(f"{error.filename}: missing; {directory} is not a complete DeepSpeed checkpoint") from None
+        weights = directory / weights.read_text().strip() / "mp_rank_00_model_states.pt"
+        states = torch.load(io.BytesIO(weights.read_bytes()), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights}: missing; {directory} is not a complete DeepSpeed checkpoint") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{weights}: cannot be loaded as weights ({str(error).splitlines()[0]})") from None
     return meta, states["module"]
