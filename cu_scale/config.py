@@ -377,7 +377,7 @@ def _build_section(cls, values, where: str):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     values = dict(values)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(fields)})")
     hints = typing.get_type_hints(cls)
@@ -393,6 +393,8 @@ def _build_section(cls, values, where: str):
         allowed = typing.get_args(expected) or (expected,)
         allowed = tuple(type(None) if a is None else a for a in allowed)
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > 2**53:
+                raise ConfigError(f"{where}.{name}: {value} is too large")
             values[name] = value = float(value)  # YAML reads "1" as an int; a float field takes it
         if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
             raise ConfigError(f"{where}.{name}: expected {' or '.join(a.__name__ for a in allowed)}, got {value!r}")
@@ -406,9 +408,13 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
     """A YAML file that must hold a mapping; errors name the file (and the line of a syntax error)."""
     path = pathlib.Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what} file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to read") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML") from None
@@ -435,7 +441,7 @@ def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunCo
         else:
             raw[section] = value
     sections = {"prepare": PrepareConfig, "encode": EncodeConfig, "cluster": ClusterConfig, "batches": BatchConfig, "implicit": ImplicitConfig, "explicit": ExplicitConfig}
-    unknown = sorted(set(raw) - set(sections) - {"store", "run_dir", "watchdog_seconds"})
+    unknown = sorted(set(raw) - set(sections) - {"store", "run_dir", "watchdog_seconds"}, key=str)
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown section (known: store, run_dir, watchdog_seconds, {', '.join(sections)})")
     if not isinstance(raw.get("store"), str):
@@ -443,7 +449,7 @@ def build_config(raw: dict, source: str, overrides: dict | None = None) -> RunCo
     if not isinstance(raw.get("run_dir", ""), str):
         raise ConfigError(f"{path}: run_dir: expected a path, got {raw['run_dir']!r}")
     watchdog = raw.get("watchdog_seconds", RunConfig.watchdog_seconds)
-    if isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or not watchdog > 0:
+    if isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or not 0 < watchdog < 1e9:
         raise ConfigError(f"{path}: watchdog_seconds: expected a number of seconds > 0, got {watchdog!r}")
     built = {}
     for name, cls in sections.items():

@@ -197,6 +197,12 @@ class Location:
         return digest.hexdigest()
 
 
+def on_filesystem(fs: pafs.FileSystem, path: str) -> Location:
+    """The `Location` of a path that pyarrow gives with its filesystem (a Ray Train checkpoint's, say)."""
+    local = isinstance(fs, pafs.LocalFileSystem)
+    return Location(fs, path, path if local else f"{fs.type_name}://{path}")
+
+
 def locate(where: "str | os.PathLike | Location") -> Location:
     """A `Location` for a local path or a filesystem URI (s3://, gs://, file://, ...).
 

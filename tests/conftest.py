@@ -147,18 +147,26 @@ def s3_server(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture
-def s3_bucket(s3_server, monkeypatch, request):
-    """A fresh bucket on the session's S3 server, with this process's environment pointing at it: its URI."""
+def new_bucket(s3_server: dict, name: str) -> str:
+    """A fresh bucket on the S3 server, named after `name`: its URI."""
     import re
 
     import pyarrow.fs
 
+    bucket = re.sub(r"[^a-z0-9-]", "-", name.lower())[:50].strip("-") + "-" + str(int(time.time() * 1000) % 100000)
+    pyarrow.fs.S3FileSystem(
+        access_key=s3_server["env"]["AWS_ACCESS_KEY_ID"], secret_key=s3_server["env"]["AWS_SECRET_ACCESS_KEY"],
+        endpoint_override=s3_server["endpoint"], region="us-east-1", allow_bucket_creation=True,
+    ).create_dir(bucket)
+    return f"s3://{bucket}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request):
+    """A fresh bucket on the session's S3 server, with this process's environment pointing at it: its URI."""
     for key, value in s3_server["env"].items():
         monkeypatch.setenv(key, value)
-    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-" + str(int(time.time() * 1000) % 100000)
-    pyarrow.fs.S3FileSystem(endpoint_override=s3_server["endpoint"], allow_bucket_creation=True).create_dir(bucket)
-    return f"s3://{bucket}"
+    return new_bucket(s3_server, request.node.name)
 
 
 @pytest.fixture(scope="session")

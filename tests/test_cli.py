@@ -141,7 +141,7 @@ def test_demo_runs_the_whole_pipeline_and_prints_the_metrics_and_the_report(tiny
     assert store.manifest["dataset"] == "demo" and store.manifest["counts"]["videos"] == 40
     out = tiny_run.printed
     training = store.manifest["counts"]["splits"]["train"]["samples"]
-    assert "implicit     1 epoch(s) on 1 worker(s)" in out and f"pseudo-label {training} training samples" in out
+    assert "implicit     6 epoch(s) on 1 worker(s)" in out and f"pseudo-label {training} training samples" in out
     assert "test split: explicit models" in out and "BoundaryRegressor-pseudo" in out
     assert f"report       {tiny_run.root / 'report.md'}" in out and "demo ready" in out
     assert (tiny_run.root / "plots" / "timeline.png").is_file()

@@ -87,7 +87,7 @@ def test_a_truncated_checkpoint_is_named_by_inference_and_by_resume(run_copy, tm
     implicit = checkpoints(run / "implicit")[-1]
     optimizer = implicit.glob("global_step*/*optim_states.pt")[0]
     _truncate(optimizer, keep=0.9)
-    assert main(["implicit", str(config), "--set", "implicit.epochs=2"]) == 2
+    assert main(["implicit", str(config), "--set", "implicit.epochs=8"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"{optimizer}: " in error and "--from" in error
 

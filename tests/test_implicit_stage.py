@@ -1,13 +1,11 @@
 """The implicit stage end to end on the shared tiny run's store through a real local Ray: Ray Train +
-DeepSpeed training on one and two workers, checkpoints and resume, a killed worker restarted from its
-checkpoint, pseudo-labels, the loss ablation."""
+DeepSpeed training on one and two workers, checkpoints and resume, pseudo-labels, the loss ablation. (A
+worker group restarted from its checkpoint after a lost node, and a killed driver's run resumed, are in
+tests/test_jobs.py.)"""
 
 import json
-import os
 import pathlib
 import shutil
-import signal
-import threading
 import time
 
 import pyarrow.parquet as pq
@@ -16,7 +14,7 @@ import torch
 
 from cu_scale.cli import main
 from cu_scale.config import load_config
-from cu_scale.stages.implicit import load_implicit_model, train_implicit
+from cu_scale.stages.implicit import load_implicit_model
 from cu_scale.stages.training import CHECKPOINT_META, checkpoint_meta, latest_checkpoint
 from cu_scale.data.store import FeatureStore
 
@@ -76,36 +74,6 @@ def test_train_report_checkpoint_resume_and_pseudo_label(tiny, capsys):
     with pytest.raises(ValueError, match=r"cu_scale_epoch\.json: model settings detector are unknown"):
         load_implicit_model(foreign)
     assert isinstance(load_implicit_model(latest_checkpoint(root / "run" / "implicit")), torch.nn.Module)
-
-
-def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tiny, tmp_path):
-    import psutil
-
-    root, config_path = tiny
-    config = load_config(config_path, {"implicit.epochs": 16})
-    result = {}
-    thread = threading.Thread(
-        target=lambda: result.update(fit=train_implicit(config.store, config.implicit, config.batches, config.cluster, config.encode, str(tmp_path)))
-    )
-    thread.start()
-    deadline = time.time() + 180
-    # Ray Train's controller collects the workers' reports by polling them: a report still queued in the
-    # killed worker is lost with it. Wait for three checkpoints and a moment, so that some are registered.
-    while time.time() < deadline and len(list((tmp_path / "implicit").glob("checkpoint_2*"))) < 3:
-        time.sleep(0.1)
-    assert len(list((tmp_path / "implicit").glob("checkpoint_2*"))) >= 3, "no checkpoints before the deadline"
-    time.sleep(2)
-    # This test's Ray runs under this process (other Ray sessions on the machine are not ours to kill).
-    workers = [p for p in psutil.Process().children(recursive=True) if any("RayTrainWorker" in part for part in p.cmdline())]
-    assert len(workers) == 1, [w.cmdline() for w in workers]
-    os.kill(workers[0].pid, signal.SIGKILL)
-    thread.join(timeout=300)
-    assert not thread.is_alive()
-    fit = result["fit"]
-    assert fit.error is None and fit.metrics["epoch"] == 15
-    # The restarted worker group started from a checkpoint, not from scratch.
-    assert fit.metrics["resumed_from_epoch"] >= 1
-    assert _epoch_of(latest_checkpoint(tmp_path / "implicit")) == 15
 
 
 def test_ablate_prints_table_ii_rows_and_reuses_finished_rows(tiny, capsys):

@@ -1,6 +1,6 @@
 """Jobs on a real Ray head: `ray start --head` with token authentication (Ray 2.60's default) and the dashboard on
 127.0.0.1; the demo pipeline submitted with `ray job submit` and with `cu-scale submit`; the project's metrics
-read from the head's metrics endpoint; the head stopped at the end (only this head: `ray stop` would stop
+read from the nodes' metrics endpoints; the nodes stopped at the end (only this head: `ray stop` would stop
 every Ray on the machine)."""
 
 import json
@@ -25,10 +25,9 @@ from tiny_run import SETTINGS, VIDEOS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
-# The shared tiny run's settings (tests/tiny_run.py) with the other explicit model on ground truth: with the
-# tiny run, both models and both kinds of target go through Ray Train + DeepSpeed. (No label source reads
-# pseudo-labels, so the implicit and pseudo-label stages are skipped: tests/test_implicit_stage.py has them.)
-TINY = [*SETTINGS, f"prepare.videos={VIDEOS}", "explicit.models=[cu_scale.method.grounding_models:SpanDETR]", "explicit.label_sources=[gt]"]
+# The shared tiny run's settings (tests/tiny_run.py), so that the tiny run is the one-node result this
+# cluster's must match; its explicit stage on two workers, one per node.
+CLUSTER_RUN = [*SETTINGS, f"prepare.videos={VIDEOS}", "explicit.workers=2", "explicit.placement=spread"]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -130,18 +129,53 @@ def ray_cluster(s3_server):
         "--ray-client-server-port", str(client), *_node_ports(),
     ]
     head_command[head_command.index("--metrics-export-port") + 1] = str(metrics)
+    metrics_urls = [f"http://127.0.0.1:{metrics}/metrics"]  # every node's, the lost ones too (they stop answering)
     head = _start_node(head_command, env, temp / "head.log", head_answers)
-    second = None
-    try:
-        second_command = [
+    workers: list[tuple[subprocess.Popen, pathlib.Path]] = []
+    joined = iter(range(1, 100))
+
+    def add_node() -> None:
+        """Join one more node of 2 CPUs to the head (as a cluster replaces a lost node)."""
+        node_temp = temp / f"node{next(joined)}"
+        command = [
             str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", "--block", "--disable-usage-stats", "--num-cpus", "2",
-            "--temp-dir", str(temp / "ray-second"), "--node-ip-address", "127.0.0.1", *_node_ports(),
+            "--temp-dir", str(node_temp), "--node-ip-address", "127.0.0.1", *_node_ports(),
         ]
-        second = _start_node(second_command, env, temp / "second.log", lambda: nodes_alive() == 2)
-        yield {"address": address, "env": env, "metrics": f"http://127.0.0.1:{metrics}/metrics", "temp": temp, "second": second}
+        metrics_urls.append(f"http://127.0.0.1:{command[command.index('--metrics-export-port') + 1]}/metrics")
+        alive = nodes_alive()
+        node_temp.mkdir()
+        workers.append((_start_node(command, env, temp / f"{node_temp.name}.log", lambda: nodes_alive() > alive), node_temp))
+
+    def lose_node() -> None:
+        """The newest non-head node dies at once, every process of it (SIGKILL), as when its machine is lost."""
+        import psutil
+
+        node, node_temp = workers.pop()
+        # The node's processes (those that name its temp dir: raylet, agents) and all they started: its Ray
+        # workers rename themselves (ray::RayTrainWorker) but are the raylet's children.
+        doomed = set()
+        for pid in [node.pid, *_processes_mentioning(str(node_temp))]:
+            try:
+                root = psutil.Process(pid)
+                doomed |= {root, *root.children(recursive=True)}
+            except psutil.NoSuchProcess:
+                continue
+        for process in doomed:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        node.wait()
+
+    try:
+        add_node()
+        yield {
+            "address": address, "gcs": f"127.0.0.1:{gcs}", "env": env, "metrics": metrics_urls, "temp": temp,
+            "add_node": add_node, "lose_node": lose_node,
+        }
     finally:
-        if second is not None:
-            _stop_node(second, temp / "ray-second")
+        for node, node_temp in workers:
+            _stop_node(node, node_temp)
         _stop_node(head, temp)
 
 
@@ -170,94 +204,164 @@ def test_a_worker_of_the_embedded_ray_finds_its_own_ray_while_another_runs(ray_c
 
 
 class MetricsRecorder(threading.Thread):
-    """Reads the head's metrics endpoint every second while jobs run: each metric name seen, with its lines."""
+    """Reads every node's metrics endpoint every second while jobs run: each metric name seen, with its lines.
+    `urls` is the cluster's list, which grows as nodes join."""
 
-    def __init__(self, url: str):
+    def __init__(self, urls: list[str]):
         super().__init__(daemon=True)
-        self.url, self.seen, self.stop = url, {}, threading.Event()
+        self.urls, self.seen, self.stop = urls, {}, threading.Event()
 
     def run(self):
         while not self.stop.wait(1.0):
-            try:
-                text = urllib.request.urlopen(self.url, timeout=5).read().decode()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                if line.startswith("ray_cu_scale_"):
-                    self.seen.setdefault(re.split(r"[{ ]", line, maxsplit=1)[0], []).append(line)
+            for url in list(self.urls):
+                try:
+                    text = urllib.request.urlopen(url, timeout=2).read().decode()
+                except OSError:
+                    continue
+                for line in text.splitlines():
+                    if line.startswith("ray_cu_scale_"):
+                        self.seen.setdefault(re.split(r"[{ ]", line, maxsplit=1)[0], []).append(line)
 
 
-def _actors(cluster: dict, class_name: str) -> list[dict]:
+def _listed(cluster: dict, what: str, *filters: str) -> list[dict]:
+    """`ray list WHAT` on the cluster (its state API), dead ones included."""
     listed = subprocess.run(
-        [str(BIN / "ray"), "list", "actors", "--address", cluster["address"], "--filter", f"class_name={class_name}", "--detail", "--format", "json", "--limit", "1000"],
+        [str(BIN / "ray"), "list", what, "--address", cluster["address"], *(arg for f in filters for arg in ("--filter", f)), "--detail", "--format", "json", "--limit", "1000"],
         env=cluster["env"], capture_output=True, text=True, timeout=60,
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
     return _json_list(listed.stdout)
 
 
-def test_the_demo_pipeline_runs_as_a_job_on_two_nodes_with_its_store_and_run_in_s3(ray_cluster, s3_bucket, s3_server, tmp_path):
+def _submit(cluster: dict, root, settings: list[str], tool: str) -> subprocess.Popen:
+    """The demo pipeline submitted as a job, followed until it ends, with Ray's own CLI (as the README shows
+    it) or with `cu-scale submit` (the token from the environment; a process of its own, as a user runs it:
+    Ray caches the first token a process reads, and this one's local Ray has another)."""
+    if tool == "ray":
+        command = [str(BIN / "ray"), "job", "submit", "--address", cluster["address"], "--working-dir", str(REPO), "--",
+                   "python", "-m", "jobs.run", "--config", "configs/demo.yaml", "--root", str(root), "--quiet", *_sets(settings)]
+    else:
+        command = [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", cluster["address"], "--root", str(root), "--quiet", *_sets(settings)]
+    return subprocess.Popen(command, env=cluster["env"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoints(stage_dir, job: subprocess.Popen, what: str) -> None:
+    """Until Ray Train's controller has surely registered a checkpoint of the stage; a worker's report waits
+    until the controller has taken its previous one, so once two are written the first is registered (a
+    group restarts only from registered checkpoints)."""
+    deadline = time.monotonic() + 600
+    while sum((checkpoint / "cu_scale_epoch.json").is_file() for checkpoint in stage_dir.glob("checkpoint_2*")) < 2:
+        if job.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the job ended before {what} had two checkpoints: {job.communicate()[0][-5000:]}")
+        time.sleep(0.2)
+
+
+def _sets(settings: list[str]) -> list[str]:
+    return [arg for item in settings for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def two_node_run(ray_cluster, s3_server, tmp_path_factory):
+    """The demo pipeline as a job on the two-node cluster, its store and run directory in S3 and nothing on a
+    shared disk, through two faults:
+    1. during the implicit stage, its driver (the job's entrypoint, what `cu-scale run` is in a job) is killed;
+       the same job submitted again (with `cu-scale submit`) must skip the finished stages and resume from
+       the last checkpoint;
+    2. during the explicit stage, whose two workers are spread one per node, the second node is lost with
+       its worker, and a new node joins (as a cluster replaces a lost node): Ray Train restarts the group
+       from its last checkpoint (FailureConfig(max_failures=explicit.max_failures))."""
+    import psutil
+    from conftest import new_bucket
+
     from cu_scale.storage import locate
 
+    os.environ.update(s3_server["env"])
+    root = tmp_path_factory.mktemp("job-root")
+    bucket = new_bucket(s3_server, "two-node-run")
+    store, run = locate(f"{bucket}/store"), locate(f"{bucket}/run")
+    settings = [*CLUSTER_RUN, f"store={store}", f"run_dir={run}"]
     recorder = MetricsRecorder(ray_cluster["metrics"])
     recorder.start()
-    store, run = locate(f"{s3_bucket}/store"), locate(f"{s3_bucket}/run")
-    # Two explicit workers, spread: one on each node. Nothing is on a shared disk: store and run are in S3.
-    settings = [*TINY, f"store={store}", f"run_dir={run}", "explicit.workers=2", "explicit.placement=spread"]
-    sets = [arg for item in settings for arg in ("--set", item)]
 
-    # 1. Ray's own CLI, as the README shows it.
-    submitted = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO), "--",
-         "python", "-m", "jobs.run", "--config", "configs/demo.yaml", "--root", str(tmp_path), "--quiet", *sets],
-        env=ray_cluster["env"], cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    assert "succeeded" in submitted.stdout.lower() and "run finished" in submitted.stdout
+    first = _submit(ray_cluster, root, settings, "ray")
+    _wait_for_checkpoints(run / "implicit", first, "the implicit stage")
+    def driver(command: list[str]) -> bool:  # the job's entrypoint, not the `ray job submit` that follows it
+        return "jobs.run" in command and "submit" not in command and any(str(run) in part for part in command)
+
+    drivers = [p for p in psutil.process_iter(["cmdline"]) if driver(p.info["cmdline"] or [])]
+    assert len(drivers) == 1, [p.info["cmdline"] for p in drivers]
+    drivers[0].kill()
+    killed, _ = first.communicate(timeout=300)
+
+    second = _submit(ray_cluster, root, settings, "cu-scale")
+    _wait_for_checkpoints(run / "explicit" / "BoundaryRegressor-pseudo", second, "the explicit stage")
+    ray_cluster["lose_node"]()
+    ray_cluster["add_node"]()
+    printed, _ = second.communicate(timeout=900)
+    return {
+        "store": store, "run": run, "root": root, "settings": settings, "killed": (first.returncode, killed),
+        "printed": printed, "status": second.returncode, "recorder": recorder,
+    }
+
+
+def test_the_demo_pipeline_runs_on_two_nodes_in_s3_survives_a_killed_driver_and_a_lost_node(two_node_run, ray_cluster, s3_server, tiny_run):
+    run, store, root, printed = two_node_run["run"], two_node_run["store"], two_node_run["root"], two_node_run["printed"]
+    status, killed = two_node_run["killed"]
+    assert status != 0 and "failed" in killed[-2000:].lower(), killed[-3000:]  # the job whose driver was killed failed ...
+    assert two_node_run["status"] == 0, printed[-5000:]  # ... and the same job again finished the run
+    assert re.search(r"job raysubmit_\w+ SUCCEEDED", printed) and "run finished" in printed
+    for stage in ("prepare", "encode", "cluster"):
+        assert re.search(rf"✓ {stage} +finished .* \(skipped", printed), printed[-3000:]
+    implicit = json.loads((run / "stages" / "implicit.json").read_text())["summary"]["metrics"]
+    assert implicit["epoch"] == 5 and implicit["resumed_from_epoch"] >= 1, implicit  # resumed, not from scratch
+    explicit = json.loads((run / "stages" / "explicit.json").read_text())["summary"]["BoundaryRegressor-pseudo"]
+    assert explicit["epoch"] == 2 and explicit["resumed_from_epoch"] >= 1, explicit  # the group restarted from a checkpoint
+
     written = run.walk_files()
-    for name in ("metrics.json", "report.md", "plots/iou_histogram.png", "stages/evaluate.json", "predictions/SpanDETR-gt.jsonl"):
+    for name in ("metrics.json", "report.md", "plots/iou_histogram.png", "stages/evaluate.json", "predictions/BoundaryRegressor-pseudo.jsonl", "pseudo_labels/part-00000.parquet"):
         assert name in written, sorted(written)
-    assert any(name.startswith("tensorboard/explicit/SpanDETR-gt/events.out.tfevents.") for name in written)
-    checkpoint = max(name.split("/")[2] for name in written if name.startswith("explicit/SpanDETR-gt/checkpoint_2"))
-    assert {f"explicit/SpanDETR-gt/{checkpoint}/cu_scale_files_rank{rank}.json" for rank in (0, 1)} <= set(written)
+    assert any(name.startswith("tensorboard/explicit/BoundaryRegressor-pseudo/events.out.tfevents.") for name in written)
+    checkpoint = max(name.split("/")[2] for name in written if name.startswith("explicit/BoundaryRegressor-pseudo/checkpoint_2"))
+    assert {f"explicit/BoundaryRegressor-pseudo/{checkpoint}/cu_scale_files_rank{rank}.json" for rank in (0, 1)} <= set(written)
     assert (store / "manifest.json").is_file() and (store / "embeddings" / "part-00000.parquet").is_file()
-    assert not any(tmp_path.iterdir())  # nothing on the local disk
-    # The two training workers ran on the two nodes.
-    workers = _actors(ray_cluster, "RayTrainWorker")
-    assert len({actor["node_id"] for actor in workers}) == 2, [(a["node_id"], a["state"]) for a in workers]
+    assert not any(root.iterdir())  # nothing on the local disk
+    # The explicit workers were spread: one of them ran on the node that was lost.
+    lost = {node["node_id"] for node in _listed(ray_cluster, "nodes") if node["state"] == "DEAD"}
+    workers = _listed(ray_cluster, "actors", "class_name=RayTrainWorker")
+    assert len(lost) == 1 and lost & {actor["node_id"] for actor in workers}, ([(a["node_id"], a["state"]) for a in workers], lost)
     # No credential reached any artifact.
-    assert not [name for name, size in written.items() if s3_server["secret"].encode() in (run / name).read_bytes()]
+    assert not [name for name in written if s3_server["secret"].encode() in (run / name).read_bytes()]
 
-    # 2. `cu-scale submit`, redoing the run from the report stage; the token comes from the environment. A process
-    #    of its own, as a user runs it: Ray caches the first token a process reads (this one's local Ray has another).
-    before = (run / "report.md").info().mtime
-    resubmitted = subprocess.run(
-        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_cluster["address"], "--root", str(tmp_path), "--from", "report", "--quiet", *sets],
-        env=ray_cluster["env"], cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    out = resubmitted.stdout
-    assert resubmitted.returncode == 0, out[-3000:] + resubmitted.stderr[-3000:]
-    assert "✓ explicit" in out and "skipped" in out and re.search(r"job raysubmit_\w+ SUCCEEDED", out)
-    assert (run / "report.md").info().mtime > before
+    # The result matches the one-node run of the same settings (the shared tiny run: one explicit worker,
+    # no faults) within the noise of restarts and of a batch split over two workers.
+    two = json.loads((run / "metrics.json").read_text())
+    one = json.loads((tiny_run.root / "metrics.json").read_text())
+    for name, (a, b) in {
+        "pseudo-labels": (two["pseudo_labels"]["pseudo-labels"]["mIoU"], one["pseudo_labels"]["pseudo-labels"]["mIoU"]),
+        "test mIoU": (two["explicit"]["BoundaryRegressor-pseudo"]["mIoU"], one["explicit"]["BoundaryRegressor-pseudo"]["mIoU"]),
+    }.items():
+        print(f"one node against two: {name} {b:.2f} against {a:.2f}")
+        assert abs(a - b) <= 5, (name, a, b)
 
-    # 3. The project's metrics, from the head's metrics endpoint.
+    # The project's metrics, from the nodes' metrics endpoints.
+    recorder = two_node_run["recorder"]
     deadline = time.monotonic() + 30
     wanted = {"ray_cu_scale_encoded_queries_total", "ray_cu_scale_train_loss", "ray_cu_scale_train_samples_per_second"}
     while not wanted <= set(recorder.seen) and time.monotonic() < deadline:
         time.sleep(1)
     recorder.stop.set()
     assert wanted <= set(recorder.seen), sorted(recorder.seen)
-    assert any('term="giou"' in line and 'stage="explicit/SpanDETR-gt"' in line for line in recorder.seen["ray_cu_scale_train_loss"])
+    assert any('term="l1"' in line and 'stage="explicit/BoundaryRegressor-pseudo"' in line for line in recorder.seen["ray_cu_scale_train_loss"])
     assert any('store="store"' in line for line in recorder.seen["ray_cu_scale_encoded_queries_total"])
 
 
 def test_a_job_fails_with_a_nonzero_exit_and_no_token_is_refused_with_what_to_set(ray_cluster, tmp_path):
-    # The pseudo-label stage alone, before any implicit checkpoint exists: the job fails, and so does the command.
+    # The pseudo-label stage alone, before the store exists: the job fails, and so does the command.
     failed = subprocess.run(
         [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_cluster["address"], "--root", str(tmp_path), "--stage", "pseudo-label", "--quiet"],
         env=ray_cluster["env"], cwd=REPO, capture_output=True, text=True, timeout=600,
     )
-    assert failed.returncode == 1 and re.search(r"job raysubmit_\w+ FAILED", failed.stdout) and "no checkpoint under" in failed.stdout, failed.stdout[-3000:]
+    assert failed.returncode == 1 and re.search(r"job raysubmit_\w+ FAILED", failed.stdout) and "is not a feature store" in failed.stdout, failed.stdout[-3000:]
 
     # A client without the token (a fresh process: Ray caches a token once it has read one).
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}

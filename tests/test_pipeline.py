@@ -65,9 +65,9 @@ def test_run_writes_every_artifact_then_skips_resumes_and_redoes(tiny_run, capsy
     assert _checkpoints(run / "implicit") == implicit_before and _checkpoints(run / "explicit" / "BoundaryRegressor-pseudo") == explicit_before
 
     # A changed setting of a finished stage stops the run and names what changed.
-    assert main(["run", str(config), "--quiet", "--set", "implicit.epochs=3"]) == 2
+    assert main(["run", str(config), "--quiet", "--set", "implicit.epochs=8"]) == 2
     err = capsys.readouterr().err
-    assert "stage implicit" in err and "implicit.epochs: 1 → 3" in err and "--from implicit" in err
+    assert "stage implicit" in err and "implicit.epochs: 6 → 8" in err and "--from implicit" in err
 
     # `cu-scale predict` answers one query on one video's features with the trained model.
     examples = FeatureStore(tiny_run.store).examples(["test-demo00039-0"])

@@ -18,9 +18,11 @@ Formats:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import pathlib
 
 from cu_scale.data.records import Event, Sample, Video
 
@@ -29,17 +31,37 @@ class AnnotationError(ValueError):
     """An annotation file that cannot be parsed; the message starts with ``file:line`` or ``file:key``."""
 
 
+def shown(text: str) -> str:
+    """`text` as an error message shows it: as it is when printable, else quoted with its escapes (one line)."""
+    return text if text.isprintable() else repr(text)
+
+
 def parse_number(text, where: str, field: str) -> float:
     """`text` (a string or a number, never a bool) as a finite float, or an `AnnotationError` naming where and which field."""
     if isinstance(text, bool) or not isinstance(text, (int, float, str)):
         raise AnnotationError(f"{where}: {field} {text!r} is not a number")
     try:
         value = float(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise AnnotationError(f"{where}: {field} {text!r} is not a number") from None
     if not math.isfinite(value):
         raise AnnotationError(f"{where}: {field} {text!r} is not a finite number")
     return value
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content; bytes that are not UTF-8 are an AnnotationError naming the file and line."""
+    data = pathlib.Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise AnnotationError(f"{path}: not UTF-8 text (line {line}, byte {error.start})") from None
+
+
+def text_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file (universal newlines: \\n, \\r\\n or \\r end a line)."""
+    return io.StringIO(read_text(path), newline=None).readlines()
 
 
 def read_charades_sta(path: str | os.PathLike, split: str, glance: bool = False) -> list[Sample]:
@@ -49,34 +71,33 @@ def read_charades_sta(path: str | os.PathLike, split: str, glance: bool = False)
     """
     expected = "'VIDEO START END##GLANCE##SENTENCE'" if glance else "'VIDEO START END##SENTENCE'"
     samples = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            parts = line.split("##")
-            head = parts[0].split()
-            if len(parts) != (3 if glance else 2) or len(head) != 3:
-                raise AnnotationError(f"{where}: expected {expected}, got {line!r}")
-            video_id = head[0]
-            moment = (parse_number(head[1], where, "start"), parse_number(head[2], where, "end"))
-            partial, kind = None, "none"
-            if glance:
-                instant = parse_number(parts[1], where, "glance")
-                partial, kind = (instant, instant), "single-frame"
-            samples.append(
-                Sample(
-                    sample_id=f"{split}-{number:06d}",
-                    video_id=video_id,
-                    query=parts[-1].strip(),
-                    split=split,
-                    source=where,
-                    gt=moment,
-                    partial=partial,
-                    partial_kind=kind,
-                )
+    for number, line in enumerate(text_lines(path), start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        parts = line.split("##")
+        head = parts[0].split()
+        if len(parts) != (3 if glance else 2) or len(head) != 3:
+            raise AnnotationError(f"{where}: expected {expected}, got {line!r}")
+        video_id = head[0]
+        moment = (parse_number(head[1], where, "start"), parse_number(head[2], where, "end"))
+        partial, kind = None, "none"
+        if glance:
+            instant = parse_number(parts[1], where, "glance")
+            partial, kind = (instant, instant), "single-frame"
+        samples.append(
+            Sample(
+                sample_id=f"{split}-{number:06d}",
+                video_id=video_id,
+                query=parts[-1].strip(),
+                split=split,
+                source=where,
+                gt=moment,
+                partial=partial,
+                partial_kind=kind,
             )
+        )
     return samples
 
 
@@ -132,29 +153,34 @@ def read_activitynet(path: str | os.PathLike, split: str, glance: bool = False) 
     Sample ids are ``SPLIT-VIDEO-K`` with K the sentence's position in the video's list. Videos carry no
     events: ActivityNet has no action intervals, so the simulator builds them from the sentences.
     """
-    with open(path, encoding="utf-8") as handle:
-        try:
-            entries = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise AnnotationError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    try:
+        entries = json.loads("".join(text_lines(path)))
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(entries, dict):
         raise AnnotationError(f"{path}: expected a JSON object keyed by video id, got {type(entries).__name__}")
     samples, videos = [], {}
     for video_id, entry in entries.items():
-        where = f"{path}:{video_id}"
+        where = f"{path}:{shown(video_id)}"
         if not isinstance(entry, dict) or not {"duration", "timestamps", "sentences"} <= set(entry):
             raise AnnotationError(f"{where}: entry needs 'duration', 'timestamps' and 'sentences'")
         timestamps, sentences = entry["timestamps"], entry["sentences"]
+        if not isinstance(timestamps, list) or not isinstance(sentences, list):
+            raise AnnotationError(f"{where}: 'timestamps' and 'sentences' must be lists, got {type(timestamps).__name__} and {type(sentences).__name__}")
         if len(timestamps) != len(sentences):
             raise AnnotationError(f"{where}: {len(timestamps)} timestamps but {len(sentences)} sentences")
         glances = entry.get("glance") if glance else None
-        if glance and (glances is None or len(glances) != len(sentences)):
-            found = "none" if glances is None else len(glances)
+        if glance and (not isinstance(glances, list) or len(glances) != len(sentences)):
+            found = len(glances) if isinstance(glances, list) else "none" if glances is None else type(glances).__name__
             raise AnnotationError(f"{where}: glance file needs one 'glance' per sentence ({len(sentences)}), got {found}")
         videos[video_id] = Video(video_id, parse_number(str(entry["duration"]), where, "duration"), source=where)
         for k, (stamp, sentence) in enumerate(zip(timestamps, sentences)):
             if not isinstance(stamp, (list, tuple)) or len(stamp) != 2:
                 raise AnnotationError(f"{where}: timestamp {k} is {stamp!r}, expected [start, end]")
+            if not isinstance(sentence, str):
+                raise AnnotationError(f"{where}: sentence {k} is {sentence!r}, expected text")
             moment = (parse_number(str(stamp[0]), where, "start"), parse_number(str(stamp[1]), where, "end"))
             partial, kind = None, "none"
             if glances is not None:
@@ -164,7 +190,7 @@ def read_activitynet(path: str | os.PathLike, split: str, glance: bool = False) 
                 Sample(
                     sample_id=f"{split}-{video_id}-{k}",
                     video_id=video_id,
-                    query=str(sentence).strip(),
+                    query=sentence.strip(),
                     split=split,
                     source=f"{where}[{k}]",
                     gt=moment,

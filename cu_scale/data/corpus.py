@@ -30,12 +30,13 @@ and a reason, so that nothing is dropped silently.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import pathlib
 from typing import Iterator
 
-from cu_scale.data.annotations import AnnotationError, parse_number
+from cu_scale.data.annotations import AnnotationError, parse_number, read_text, text_lines
 from cu_scale.data.records import Sample, Video
 
 FORMATS = {".jsonl": "JSON Lines", ".csv": "CSV", ".parquet": "Parquet"}
@@ -60,21 +61,22 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
     if not path.is_file():
         raise FileNotFoundError(f"table {path} does not exist")
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise AnnotationError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-                if not isinstance(row, dict):
-                    raise AnnotationError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-                _unknown(row, columns, f"{path}:{number}", only_known)
-                yield f"{path}:{number}", row
+        for number, line in enumerate(text_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise AnnotationError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise AnnotationError(f"{path}:{number}: JSON nested too deeply to read") from None
+            if not isinstance(row, dict):
+                raise AnnotationError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            _unknown(row, columns, f"{path}:{number}", only_known)
+            yield f"{path}:{number}", row
     elif suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        try:
             missing = set(required) - set(reader.fieldnames or ())
             if missing:
                 raise AnnotationError(f"{path}:1: the header lacks the column(s) {sorted(missing)}")
@@ -83,17 +85,31 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
                 if None in row:
                     raise AnnotationError(f"{path}:{reader.line_num}: more cells than the header has columns")
                 yield f"{path}:{reader.line_num}", {key: (value if value != "" else None) for key, value in row.items()}
+        except csv.Error as error:
+            raise AnnotationError(f"{path}:{reader.line_num}: not readable CSV ({error})") from None
     else:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(path)
-        missing = set(required) - set(table.schema_arrow.names)
+        try:
+            table = pq.ParquetFile(path)
+            names = table.schema_arrow.names
+        except (pa.ArrowException, OSError) as error:
+            raise AnnotationError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]})") from None
+        missing = set(required) - set(names)
         if missing:
             raise AnnotationError(f"{path}: the table lacks the column(s) {sorted(missing)}")
-        _unknown(table.schema_arrow.names, columns, str(path), only_known)
+        _unknown(names, columns, str(path), only_known)
         number = 0
-        for batch in table.iter_batches(columns=[c for c in columns if c in table.schema_arrow.names]):
-            for row in batch.to_pylist():
+        batches = table.iter_batches(columns=[c for c in columns if c in names])
+        while True:
+            try:
+                rows = next(batches).to_pylist()
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as error:
+                raise AnnotationError(f"{path}:row {number + 1}: cannot be read ({str(error).splitlines()[0]})") from None
+            for row in rows:
                 number += 1
                 yield f"{path}:row {number}", row
 

@@ -19,6 +19,22 @@ import pathlib
 import numpy as np
 
 
+class FeatureError(ValueError):
+    """A features file that cannot be read as numbers: named with its file (and key), and why."""
+
+
+NUMERIC_KINDS = "fiu"  # float, signed and unsigned integer arrays; bool, complex, text, objects are refused
+
+
+def checked_array(array, where: str) -> np.ndarray:
+    """`array` as read from a features file, if it holds real numbers: a 2-D one is resampled by the reader, any
+    other shape goes on to the store writer, which rejects it with its shape (`cu_scale.data.store.check_features`)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in NUMERIC_KINDS:
+        raise FeatureError(f"{where}: holds {array.dtype} values, not real numbers")
+    return array
+
+
 def resample(features: np.ndarray, max_steps: int) -> np.ndarray:
     """Average-pool ``(T_raw, Dv)`` into `max_steps` equal spans when T_raw > max_steps; else unchanged."""
     if features.ndim != 2:
@@ -63,7 +79,13 @@ class NpyDirectoryFeatures:
         path = self.directory / f"{video_id}.npy"
         if not path.exists():
             return None
-        return resample(np.load(path), self.max_steps)
+        try:
+            array = checked_array(np.load(path, allow_pickle=False), str(path))  # a pickle would run code: never loaded
+        except (ValueError, OSError, EOFError) as error:
+            if isinstance(error, FeatureError):
+                raise
+            raise FeatureError(f"{path}: not a readable .npy array of numbers ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        return resample(array, self.max_steps) if array.ndim == 2 else array
 
 
 class H5Features:
@@ -75,7 +97,10 @@ class H5Features:
         self.path = pathlib.Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"feature file {self.path} does not exist")
-        self.file = h5py.File(self.path, "r")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise FeatureError(f"{self.path}: not a readable HDF5 file ({str(error).splitlines()[0]})") from None
         self.max_steps = max_steps
 
     def describe(self) -> str:
@@ -85,9 +110,18 @@ class H5Features:
         return f"{self.path}:{video_id}"
 
     def get(self, video_id: str) -> np.ndarray | None:
+        import h5py
+
         if video_id not in self.file:
             return None
-        return resample(np.asarray(self.file[video_id]), self.max_steps)
+        item = self.file[video_id]
+        if not isinstance(item, h5py.Dataset):
+            raise FeatureError(f"{self.source_of(video_id)}: a group, not a dataset of features")
+        try:
+            array = checked_array(item[()], self.source_of(video_id))
+        except (OSError, TypeError) as error:
+            raise FeatureError(f"{self.source_of(video_id)}: cannot be read ({str(error).splitlines()[0]})") from None
+        return resample(array, self.max_steps) if array.ndim == 2 else array
 
     def close(self):
         self.file.close()

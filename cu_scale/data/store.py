@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cu_scale.data.annotations import shown
 from cu_scale.data.features import pad_with_mask
 from cu_scale.data.records import Sample
 from cu_scale.storage import Location, locate, parquet_writer, publish, staging_for, write_table
@@ -98,6 +99,7 @@ REJECT_REASONS = {
     "overshoot": "a label overshoots the video and the policy is to reject",
     "bad_duration": "the video duration is not a positive finite number",
     "nonfinite_features": "the features hold NaN or inf",
+    "out_of_range_features": "the features hold values beyond float16's range, which the store keeps",
     "wrong_feature_width": "the features do not have the store's width Dv",
     "no_feature_steps": "the features have no time steps",
     "missing_video": "the sample's video is unknown: no features, or no duration",
@@ -115,7 +117,7 @@ class Reject:
     reason: str  # the specific message, with values
 
     def describe(self) -> str:
-        return f"{self.source}: {self.kind} {self.key} rejected: {self.reason}"
+        return f"{self.source}: {self.kind} {shown(self.key)} rejected: {self.reason}"
 
 
 class StoreRejectError(ValueError):
@@ -151,6 +153,9 @@ class LabelPolicy:
             raise ValueError(f"overshoot tolerance must be ≥ 0 seconds, got {self.tolerance_seconds}")
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # the store keeps features as float16
+
+
 def check_features(features: np.ndarray, feature_dim: int) -> tuple[str, str] | None:
     """(code, message) of the first problem with a ``(steps, Dv)`` array, or None."""
     if features.ndim != 2 or features.shape[1] != feature_dim:
@@ -161,6 +166,10 @@ def check_features(features: np.ndarray, feature_dim: int) -> tuple[str, str] | 
     if not finite.all():
         step = int(np.argwhere(~finite)[0][0])
         return "nonfinite_features", f"features hold NaN/inf (first at step {step})"
+    beyond = np.abs(features) > FLOAT16_MAX
+    if beyond.any():
+        step = int(np.argwhere(beyond)[0][0])
+        return "out_of_range_features", f"features hold values beyond ±{FLOAT16_MAX:g}, float16's range (first at step {step}): scale them"
     return None
 
 

@@ -125,28 +125,38 @@ def _parquet_records(path: Location):
     try:
         table = pq.ParquetFile(path.open_input())
     except (OSError, pa.ArrowException) as error:
-        raise PredictionsError(f"{path}: not a readable Parquet file ({error})") from None
+        raise PredictionsError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]})") from None
     missing = {"sample_id", "pred_start", "pred_end"} - set(table.schema_arrow.names)
     if missing:
         raise PredictionsError(f"{path}: the column(s) {sorted(missing)} are missing")
     number = 0
-    for batch in table.iter_batches(batch_size=PARQUET_ROWS):
-        for row in batch.to_pylist():
+    for rows in _read_or_name(path, (batch.to_pylist() for batch in table.iter_batches(batch_size=PARQUET_ROWS))):
+        for row in rows:
             number += 1
             record = {key: row.get(key) for key in ("sample_id", "video_id", "query", "duration", "label_kind") if row.get(key) is not None}
             record["pred"] = [row["pred_start"], row["pred_end"]]
             record["gt"] = None if row.get("gt_start") is None else [row["gt_start"], row.get("gt_end")]
             if row.get("spans_start"):
                 sides = [row.get(f"spans_{side}") or [] for side in ("start", "end", "score")]
+                if not all(isinstance(side, list) for side in sides):
+                    raise PredictionsError(f"{path}:row {number}: spans_start, spans_end and spans_score must be lists of numbers")
                 if len({len(side) for side in sides}) > 1:
                     raise PredictionsError(f"{path}:row {number}: spans_start, spans_end and spans_score differ in length ({', '.join(str(len(s)) for s in sides)})")
                 record["spans"] = [list(span) for span in zip(*sides)]
             yield f"{path}:row {number}", record
 
 
+def _read_or_name(path: Location, items):
+    """`items` as they are read; a file that breaks off or is not what it says is a PredictionsError naming it."""
+    try:
+        yield from items
+    except (UnicodeDecodeError, OSError, pa.ArrowException) as error:
+        raise PredictionsError(f"{path}: cannot be read to its end ({str(error).splitlines()[0]})") from None
+
+
 def _json_records(path: Location):
-    with path.open_text() as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open_text() as text:
+        for number, line in enumerate(_read_or_name(path, text), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
@@ -154,6 +164,8 @@ def _json_records(path: Location):
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise PredictionsError(f"{where}: not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise PredictionsError(f"{where}: JSON nested too deeply to read") from None
             if not isinstance(record, dict):
                 raise PredictionsError(f"{where}: expected a JSON object, got {type(record).__name__}")
             yield where, record
@@ -189,6 +201,10 @@ def iter_predictions(path: str | os.PathLike):
             for k, span in enumerate(spans):
                 if not (isinstance(span, list) and len(span) == 3 and all(_is_number(v) for v in span) and span[0] <= span[1]):
                     raise PredictionsError(f"{where}: spans[{k}] must be [start, end, score] with start ≤ end, got {span!r}")
+        if not isinstance(record["sample_id"], (str, int)) or isinstance(record["sample_id"], bool):
+            raise PredictionsError(f"{where}: sample_id must be text or an integer, got {record['sample_id']!r}")
+        if "label_kind" in record and not isinstance(record["label_kind"], str):
+            raise PredictionsError(f"{where}: label_kind must be text, got {record['label_kind']!r}")
         duration = record.get("duration")
         if duration is not None and (not _is_number(duration) or duration <= 0):
             raise PredictionsError(f"{where}: duration must be a positive number of seconds, got {duration!r}")

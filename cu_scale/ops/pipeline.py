@@ -35,7 +35,7 @@ from typing import Callable
 
 from cu_scale.config import ConfigError, PrepareConfig, RunConfig
 from cu_scale.console import describe_clusters, describe_store, error_line, metrics_table
-from cu_scale.storage import Location, locate
+from cu_scale.storage import Location, locate, on_filesystem
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
@@ -162,10 +162,11 @@ def _implicit(p: Pipeline) -> dict:
     metrics = result.metrics
     terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss_"))
     p.say(f"implicit     {metrics['epoch'] + 1} epoch(s) on {c.implicit.workers} worker(s) in {time.perf_counter() - started:.1f} s; last epoch: {terms}")
-    widths = [m["event_width"] for m in checkpoint_meta(result.checkpoint.path)["history"] if "event_width" in m]
+    checkpoint = on_filesystem(result.checkpoint.filesystem, result.checkpoint.path)
+    widths = [m["event_width"] for m in checkpoint_meta(checkpoint)["history"] if "event_width" in m]
     p.say(f"  mean event length by epoch, a fraction of the video: {'  '.join(f'{w:.3f}' for w in widths)}")
-    p.say(f"  checkpoint → {result.checkpoint.path}")
-    return {"metrics": metrics, "checkpoint": result.checkpoint.path}
+    p.say(f"  checkpoint → {checkpoint}")
+    return {"metrics": metrics, "checkpoint": str(checkpoint)}
 
 
 def _pseudo_label(p: Pipeline) -> dict:

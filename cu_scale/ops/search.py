@@ -74,16 +74,21 @@ def load_search(path: str | pathlib.Path, base: RunConfig) -> SearchSettings:
     """Read and validate a search file against the base config: unknown keys, bad ranges, values the config rejects."""
     raw = read_yaml_mapping(path, "search")
     known = {f.name for f in dataclasses.fields(SearchSettings)} - {"source"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - known, key=str)
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
     if not isinstance(raw.get("space"), dict) or not raw["space"]:
         raise ConfigError(f"{path}: space: a mapping of parameters to search is required")
-    for name in ("trials", "max_epochs", "grace_epochs", "reduction_factor", "concurrent_trials"):
-        if not isinstance(raw.get(name, 1), int) or raw.get(name, 1) < 1:
-            raise ConfigError(f"{path}: {name}: expected a whole number ≥ 1, got {raw[name]!r}")
-    if not 0 < raw.get("validation_fraction", 0.25) <= 1:
-        raise ConfigError(f"{path}: validation_fraction: expected a number in (0, 1], got {raw['validation_fraction']!r}")
+    for key in raw["space"]:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: space: {key!r}: a parameter is named by text, like implicit.lam")
+    for name in ("trials", "max_epochs", "grace_epochs", "reduction_factor", "concurrent_trials", "seed"):
+        value = raw.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise ConfigError(f"{path}: {name}: expected a whole number ≥ {0 if name == 'seed' else 1}, got {value!r}")
+    fraction = raw.get("validation_fraction", 0.25)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"{path}: validation_fraction: expected a number in (0, 1], got {fraction!r}")
     settings = SearchSettings(**raw, source=str(path))
     for key, spec in settings.space.items():
         where = f"{path}: space.{key}"

@@ -39,7 +39,12 @@ class Heartbeat:
 def start_heartbeat():
     import ray
 
-    return ray.remote(num_cpus=0)(Heartbeat).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's own node: the run cannot outlive that node anyway, and a heartbeat on a node that is
+    # lost mid-stage would take the stage down with it (seen when a worker node was killed during training).
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(Heartbeat).options(scheduling_strategy=here).remote()
 
 
 def pending_work() -> list[str]:
