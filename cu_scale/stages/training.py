@@ -205,8 +205,17 @@ def deepspeed_engine(model, *, batch_size: int, learning_rate: float, weight_dec
     On GPU the forward runs under DeepSpeed's `torch_autocast` in bf16 (fp32 master weights). Not its `bf16`
     mode: that holds the weights themselves in bf16 while the models take fp32 inputs (features, time codes),
     and the first step fails; nor a `torch.autocast` around the engine, which DeepSpeed switches off inside
-    its forward. Both were seen on an H200. On CPU everything is fp32."""
+    its forward. Both were seen on an H200. On CPU everything is fp32.
+
+    On CPU, DeepSpeed's shared-memory allreduce kernel is left out, and gloo does the allreduce. DeepSpeed
+    compiles that kernel with g++ when it first sets up communication, in every worker's first group of a
+    new environment and again whenever the environment's path changes: 36 s before the first step of the
+    shared tiny run in a fresh clone, for a kernel that only speeds up several CPU workers on one node."""
     import deepspeed
+    import torch
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # DeepSpeed keeps this dict, and reads it then
 
     schedule = {}
     if lr_schedule == "cosine":
