@@ -184,11 +184,6 @@ class Location:
             posixpath.relpath(info.path, self.path): info.size for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File
         }
 
-    def copy_to(self, target: "Location") -> None:
-        """Copy this file to `target`, which may be on another filesystem."""
-        target.parent.mkdir()
-        pafs.copy_files(self.path, target.path, source_filesystem=self.fs, destination_filesystem=target.fs)
-
     def sha256(self) -> str:
         digest = hashlib.sha256()
         with self.fs.open_input_stream(self.path) as stream:
@@ -243,18 +238,6 @@ def publish(staging: Location, final: Location) -> None:
         return
     final.remove_tree()
     os.rename(staging.path, final.path)
-
-
-@contextlib.contextmanager
-def staged(final: Location):
-    """`staging_for(final)` for the block, published when it ends without an error and discarded otherwise."""
-    staging = staging_for(final)
-    try:
-        yield staging
-    except BaseException:
-        staging.remove_tree()  # on object storage, what was written of `final`
-        raise
-    publish(staging, final)
 
 
 def read_table(location: Location, **options) -> pa.Table:

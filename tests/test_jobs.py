@@ -27,7 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
 # The shared tiny run's settings (tests/tiny_run.py), so that the tiny run is the one-node result this
 # cluster's must match; its explicit stage on two workers, one per node.
-CLUSTER_RUN = [*SETTINGS, f"prepare.videos={VIDEOS}", "explicit.workers=2", "explicit.placement=spread"]
+CLUSTER_RUN = [*SETTINGS, f"prepare.videos={VIDEOS}", "explicit.workers=2", "explicit.placement=spread", "explicit.checkpoint_every=1"]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -107,6 +107,8 @@ def ray_cluster(s3_server):
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this environment's
         "RAY_metrics_report_interval_ms": "1000",  # metrics reach the endpoint within a second, not ten
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+        # A lost node is noticed after 3 missed health checks a second apart, not Ray's default of about half a minute.
+        "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
     }
     env.pop("RAY_ADDRESS", None)
     address = f"http://127.0.0.1:{dashboard}"
@@ -117,11 +119,6 @@ def ray_cluster(s3_server):
             return True
         except OSError as error:  # refused until it listens; 401 once it does
             return getattr(error, "code", None) == 401
-
-    def nodes_alive() -> int:
-        listed = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", address, "--format", "json", "--filter", "state=ALIVE"],
-                                env=env, capture_output=True, text=True, timeout=60)
-        return len(_json_list(listed.stdout)) if listed.returncode == 0 else 0
 
     head_command = [
         str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "2", "--temp-dir", str(temp / "ray"),
@@ -142,9 +139,9 @@ def ray_cluster(s3_server):
             "--temp-dir", str(node_temp), "--node-ip-address", "127.0.0.1", *_node_ports(),
         ]
         metrics_urls.append(f"http://127.0.0.1:{command[command.index('--metrics-export-port') + 1]}/metrics")
-        alive = nodes_alive()
         node_temp.mkdir()
-        workers.append((_start_node(command, env, temp / f"{node_temp.name}.log", lambda: nodes_alive() > alive), node_temp))
+        log = temp / f"{node_temp.name}.log"
+        workers.append((_start_node(command, env, log, lambda: "Ray runtime started" in log.read_text()), node_temp))
 
     def lose_node() -> None:
         """The newest non-head node dies at once, every process of it (SIGKILL), as when its machine is lost."""
@@ -265,8 +262,8 @@ def two_node_run(ray_cluster, s3_server, tmp_path_factory):
     """The demo pipeline as a job on the two-node cluster, its store and run directory in S3 and nothing on a
     shared disk, through two faults:
     1. during the implicit stage, its driver (the job's entrypoint, what `cu-scale run` is in a job) is killed;
-       the same job submitted again (with `cu-scale submit`) must skip the finished stages and resume from
-       the last checkpoint;
+       the same job submitted again (with Ray's own CLI, the first was `cu-scale submit`) must skip the
+       finished stages and resume from the last checkpoint;
     2. during the explicit stage, whose two workers are spread one per node, the second node is lost with
        its worker, and a new node joins (as a cluster replaces a lost node): Ray Train restarts the group
        from its last checkpoint (FailureConfig(max_failures=explicit.max_failures))."""
@@ -283,7 +280,7 @@ def two_node_run(ray_cluster, s3_server, tmp_path_factory):
     recorder = MetricsRecorder(ray_cluster["metrics"])
     recorder.start()
 
-    first = _submit(ray_cluster, root, settings, "ray")
+    first = _submit(ray_cluster, root, settings, "cu-scale")
     _wait_for_checkpoints(run / "implicit", first, "the implicit stage")
     def driver(command: list[str]) -> bool:  # the job's entrypoint, not the `ray job submit` that follows it
         return "jobs.run" in command and "submit" not in command and any(str(run) in part for part in command)
@@ -293,7 +290,7 @@ def two_node_run(ray_cluster, s3_server, tmp_path_factory):
     drivers[0].kill()
     killed, _ = first.communicate(timeout=300)
 
-    second = _submit(ray_cluster, root, settings, "cu-scale")
+    second = _submit(ray_cluster, root, settings, "ray")
     _wait_for_checkpoints(run / "explicit" / "BoundaryRegressor-pseudo", second, "the explicit stage")
     ray_cluster["lose_node"]()
     ray_cluster["add_node"]()
@@ -307,9 +304,9 @@ def two_node_run(ray_cluster, s3_server, tmp_path_factory):
 def test_the_demo_pipeline_runs_on_two_nodes_in_s3_survives_a_killed_driver_and_a_lost_node(two_node_run, ray_cluster, s3_server, tiny_run):
     run, store, root, printed = two_node_run["run"], two_node_run["store"], two_node_run["root"], two_node_run["printed"]
     status, killed = two_node_run["killed"]
-    assert status != 0 and "failed" in killed[-2000:].lower(), killed[-3000:]  # the job whose driver was killed failed ...
+    assert status == 1 and re.search(r"job raysubmit_\w+ FAILED", killed), killed[-3000:]  # the job whose driver was killed failed ...
     assert two_node_run["status"] == 0, printed[-5000:]  # ... and the same job again finished the run
-    assert re.search(r"job raysubmit_\w+ SUCCEEDED", printed) and "run finished" in printed
+    assert "succeeded" in printed.lower() and "run finished" in printed
     for stage in ("prepare", "encode", "cluster"):
         assert re.search(rf"✓ {stage} +finished .* \(skipped", printed), printed[-3000:]
     implicit = json.loads((run / "stages" / "implicit.json").read_text())["summary"]["metrics"]
@@ -355,14 +352,8 @@ def test_the_demo_pipeline_runs_on_two_nodes_in_s3_survives_a_killed_driver_and_
     assert any('store="store"' in line for line in recorder.seen["ray_cu_scale_encoded_queries_total"])
 
 
-def test_a_job_fails_with_a_nonzero_exit_and_no_token_is_refused_with_what_to_set(ray_cluster, tmp_path):
-    # The pseudo-label stage alone, before the store exists: the job fails, and so does the command.
-    failed = subprocess.run(
-        [str(BIN / "cu-scale"), "submit", "configs/demo.yaml", "--address", ray_cluster["address"], "--root", str(tmp_path), "--stage", "pseudo-label", "--quiet"],
-        env=ray_cluster["env"], cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert failed.returncode == 1 and re.search(r"job raysubmit_\w+ FAILED", failed.stdout) and "is not a feature store" in failed.stdout, failed.stdout[-3000:]
-
+def test_a_client_without_the_token_is_refused_with_what_to_set(ray_cluster, tmp_path):
+    # (A failed job's exit status is in the cluster test: the job whose driver is killed.)
     # A client without the token (a fresh process: Ray caches a token once it has read one).
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
     refused = subprocess.run(

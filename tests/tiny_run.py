@@ -17,7 +17,7 @@ SETTINGS = [
     # epochs enough for the cluster test to kill a driver and lose a node mid-stage (tests/test_jobs.py)
     "implicit.epochs=6", "implicit.hidden_dim=32", "implicit.heads=2",
     # one model on the method's labels (tests/test_corpus_run.py trains SpanDETR; the streams tests cover the gt and partial targets)
-    "explicit.models=[cu_scale.method.grounding_models:BoundaryRegressor]", "explicit.label_sources=[pseudo]", "explicit.epochs=3", "explicit.checkpoint_every=1",
+    "explicit.models=[cu_scale.method.grounding_models:BoundaryRegressor]", "explicit.label_sources=[pseudo]", "explicit.epochs=3",
     "explicit.batch_size=16", "explicit.hidden_dim=32", "explicit.heads=2", "explicit.layers=1",
 ]
 
