@@ -28,7 +28,6 @@ import posixpath
 import urllib.parse
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
