@@ -22,6 +22,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import io
+import json
 import os
 import pathlib
 import posixpath
@@ -264,3 +265,21 @@ def write_array(location: Location, array: np.ndarray) -> None:
 
 def read_array(location: Location) -> np.ndarray:
     return np.load(io.BytesIO(location.read_bytes()), allow_pickle=False)
+
+
+def json_objects(lines, source, error: type[Exception]):
+    """(``SOURCE:LINE``, object) for every non-blank line of a JSON Lines file; a line that is not one JSON
+    object raises `error` (the reader's own error type) naming it."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{source}:{number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as problem:
+            raise error(f"{where}: not valid JSON ({problem.msg})") from None
+        except RecursionError:
+            raise error(f"{where}: JSON nested too deeply to read") from None
+        if not isinstance(value, dict):
+            raise error(f"{where}: expected a JSON object, got {type(value).__name__}")
+        yield where, value

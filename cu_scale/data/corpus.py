@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import pathlib
 from typing import Iterator
 
 from cu_scale.data.annotations import AnnotationError, parse_number, read_text, text_lines
 from cu_scale.data.records import Sample, Video
+from cu_scale.storage import json_objects
 
 FORMATS = {".jsonl": "JSON Lines", ".csv": "CSV", ".parquet": "Parquet"}
 REQUIRED = ("video_id", "query", "split")
@@ -61,19 +61,9 @@ def _rows(path: pathlib.Path, required: tuple[str, ...], columns: tuple[str, ...
     if not path.is_file():
         raise FileNotFoundError(f"table {path} does not exist")
     if suffix == ".jsonl":
-        for number, line in enumerate(text_lines(path), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise AnnotationError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            except RecursionError:
-                raise AnnotationError(f"{path}:{number}: JSON nested too deeply to read") from None
-            if not isinstance(row, dict):
-                raise AnnotationError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            _unknown(row, columns, f"{path}:{number}", only_known)
-            yield f"{path}:{number}", row
+        for where, row in json_objects(text_lines(path), path, AnnotationError):
+            _unknown(row, columns, where, only_known)
+            yield where, row
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         try:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cu_scale.evaluation.metrics import TOP_K, TOP_K_THRESHOLDS, IoUTally, recall_at_k, temporal_iou
-from cu_scale.storage import Location, locate
+from cu_scale.storage import Location, json_objects, locate
 
 
 class PredictionsError(ValueError):
@@ -156,19 +156,7 @@ def _read_or_name(path: Location, items):
 
 def _json_records(path: Location):
     with path.open_text() as text:
-        for number, line in enumerate(_read_or_name(path, text), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PredictionsError(f"{where}: not valid JSON ({error.msg})") from None
-            except RecursionError:
-                raise PredictionsError(f"{where}: JSON nested too deeply to read") from None
-            if not isinstance(record, dict):
-                raise PredictionsError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield where, record
+        yield from json_objects(_read_or_name(path, text), path, PredictionsError)
 
 
 def _is_number(value) -> bool:
